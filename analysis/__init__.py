@@ -1,0 +1,1 @@
+"""Applications of datamodels: counterfactuals, brittleness, neighbours, leakage, embeddings, report."""

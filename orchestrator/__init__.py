@@ -1,0 +1,1 @@
+"""The sweep spec, the dmsweep CLI and the Ray driver."""

@@ -1,0 +1,1 @@
+"""Datamodel regression: the streaming loader, the SAGA LASSO path solver, LDS."""

@@ -1,0 +1,1 @@
+"""The Zarr store of a sweep: layout, block writes, the completion ledger, lease, verify."""

@@ -1,0 +1,1 @@
+"""Everything that runs on a worker: recipes, deterministic masks, batched training."""

@@ -1,0 +1,1 @@
+"""Built-in recipes (see workers.recipe.BUILTIN_RECIPES for their names)."""
