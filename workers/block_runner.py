@@ -1,0 +1,109 @@
+"""Train and write one block, without Ray: what a worker actor does per task.
+
+The runner reads the sweep's recipe, seed and α from the store itself (so a
+worker can never train a block with settings other than the store's), builds
+the recipe once, and for each block: regenerates its masks and seeds, trains,
+writes the block's chunks, and returns a receipt for the driver's ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.errors import BlockFailedError
+from storage.sweep_store import SweepStore
+from workers.masks import block_masks, block_seeds
+from workers.recipe import Recipe, TrainingBlock, build_recipe
+
+__all__ = ["BlockReceipt", "BlockRunner"]
+
+
+@dataclass(frozen=True)
+class BlockReceipt:
+    """What the driver needs to ledger a block; never the data itself."""
+
+    block_id: int
+    checksum: int
+    nbytes: int
+    train_seconds: float
+    write_seconds: float
+    node: str
+    pid: int
+
+    @property
+    def seconds(self) -> float:
+        return self.train_seconds + self.write_seconds
+
+
+class BlockRunner:
+    """Trains blocks of one store's sweep. Build once per worker process.
+
+    Parameters
+    ----------
+    store_path : the sweep's store (must exist).
+    device : torch device for training; ``None`` picks CUDA when present.
+    node : a name for where this runs, recorded in the ledger.
+    """
+
+    def __init__(self, store_path: str | Path, *, device: str | None = None, node: str | None = None) -> None:
+        self._store_path = Path(store_path)
+        store = SweepStore.open(self._store_path, mode="r")
+        spec = store.spec
+        self._seed = int(spec["seed"])
+        self._alpha = float(spec["alpha"])
+        self._n_train = store.dataset.n_train
+        self.recipe: Recipe = build_recipe(spec["recipe"]["name"], spec["recipe"].get("params", {}))
+        self.device = device or _default_device()
+        self.node = node or socket.gethostname()
+        self.recipe.setup(self.device)
+
+    def run(self, block_id: int) -> BlockReceipt:
+        """Train block ``block_id`` and write its rows; raise :class:`BlockFailedError` on bad outputs."""
+        start = time.perf_counter()
+        # A fresh handle per block: the driver may have resized the store since.
+        store = SweepStore.open(self._store_path, mode="r+")
+        rows = store.block_rows(block_id)
+        masks = block_masks(self._seed, rows, self._n_train, self._alpha)
+        seeds = block_seeds(self._seed, rows)
+        with tempfile.TemporaryDirectory(prefix=f"dmsweep-block-{block_id:06d}-") as workdir:
+            block = TrainingBlock(
+                block_id=block_id,
+                indices=np.arange(rows.start, rows.stop, dtype=np.int64),
+                masks=masks,
+                seeds=seeds,
+                outputs=store.outputs,
+                workdir=Path(workdir),
+            )
+            outputs = dict(self.recipe.train_block(block))
+        if self.recipe.provides_masks:
+            if "masks" not in outputs:
+                raise BlockFailedError(f"block {block_id}: recipe {self.recipe.name!r} returned no masks")
+            masks = outputs.pop("masks")
+        unexpected = sorted(set(outputs) - set(store.outputs))
+        if unexpected:
+            raise BlockFailedError(f"block {block_id}: recipe returned outputs the store does not record: {unexpected}")
+        trained = time.perf_counter()
+        written = store.write_block(block_id, {"masks": masks, **outputs})
+        done = time.perf_counter()
+        return BlockReceipt(
+            block_id=block_id,
+            checksum=written.checksum,
+            nbytes=written.nbytes,
+            train_seconds=trained - start,
+            write_seconds=done - trained,
+            node=self.node,
+            pid=os.getpid(),
+        )
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
