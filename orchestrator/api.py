@@ -1,0 +1,115 @@
+"""The library API behind the CLI: what a notebook calls to init, run, extend, verify a sweep."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator.driver import DriverOptions, RunResult, SweepDriver
+from orchestrator.progress import SweepProgress
+from orchestrator.spec import SweepSpec, load_spec
+from orchestrator.status import SweepStatus, sweep_status
+from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
+from storage.errors import InputError
+from storage.events import EventLog
+from storage.lease import Lease
+from storage.sweep_store import SweepStore
+from storage.verify import VerifyReport, verify_store
+
+__all__ = [
+    "load_spec",
+    "init_sweep",
+    "run_sweep",
+    "extend_sweep",
+    "verify_sweep",
+    "sweep_status",
+    "SweepStatus",
+    "RunResult",
+    "VerifyReport",
+]
+
+
+def _absolute_store(spec: SweepSpec, *, cluster: bool) -> SweepSpec:
+    """Resolve a relative store path against the working directory; refuse one on a cluster."""
+    path = Path(spec.store).expanduser()
+    if not path.is_absolute():
+        if cluster:
+            raise InputError(
+                f"store {spec.store!r} is a relative path; on a cluster give an absolute path on a filesystem every node mounts"
+            )
+        path = Path.cwd() / path
+    return spec.model_copy(update={"store": str(path)})
+
+
+def init_sweep(spec: SweepSpec) -> SweepStore:
+    """Create the spec's store (or check that the existing one matches it)."""
+    store, _ = open_store_for_spec(_absolute_store(spec, cluster=False))
+    return store
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    options: DriverOptions | None = None,
+    lease_ttl_s: float = 30.0,
+) -> RunResult:
+    """Init the store if needed, then run or resume the sweep on Ray until every block is done.
+
+    Parameters
+    ----------
+    spec : the sweep.
+    address : a running Ray cluster (``ray://`` or ``HOST:PORT`` or ``auto``); ``None``
+        joins the Ray already initialised in this process, or starts a local one.
+    progress : show the live progress view on stderr.
+    """
+    import ray
+
+    cluster = address is not None or os.environ.get("RAY_ADDRESS") is not None
+    spec = _absolute_store(spec, cluster=cluster)
+    store, _ = open_store_for_spec(spec)
+    started_ray = False
+    with Lease(store.path, ttl_s=lease_ttl_s) as lease:
+        # Checked again under the lease: another driver may have changed it meanwhile.
+        store = store.reopen()
+        check_store_matches(store, spec)
+        if spec.num_models > store.num_models:
+            store.resize(spec.num_models, spec.model_dump(mode="json"))
+            store = store.reopen()
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            started_ray = True
+        try:
+            with EventLog(store.path) as events:
+                view = SweepProgress() if progress else None
+                driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options)
+                if view is None:
+                    return driver.run()
+                with view:
+                    return driver.run()
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+
+def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
+    """Grow a sweep to ``num_models`` (a multiple of its block); the next run fills the new blocks."""
+    store = SweepStore.open(store_path, mode="r+")
+    spec = stored_spec(store)
+    if num_models <= store.num_models:
+        raise InputError(f"--num-models must exceed the current {store.num_models}; got {num_models}")
+    if num_models % store.block:
+        raise InputError(f"--num-models ({num_models}) must be a multiple of the block size ({store.block})")
+    with Lease(store.path):
+        store.resize(num_models, spec.model_copy(update={"num_models": num_models}).model_dump(mode="json"))
+    return store.reopen()
+
+
+def verify_sweep(store_path: str | Path, *, repair: bool = False) -> VerifyReport:
+    """Check every completed block; with ``repair`` send bad ones back to be recomputed."""
+    store = SweepStore.open(store_path, mode="r+" if repair else "r")
+    if repair:
+        with Lease(store.path):
+            return verify_store(store, repair=True)
+    return verify_store(store)

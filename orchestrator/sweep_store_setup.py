@@ -1,0 +1,66 @@
+"""Create a sweep's store from its spec, or check that an existing one matches it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.spec import SweepSpec, parse_spec, spec_differences, spec_hash
+from storage.errors import InputError, StoreMismatchError
+from storage.sweep_store import SweepStore, is_sweep_store
+from workers.recipe import build_recipe
+
+__all__ = ["stored_spec", "create_store", "check_store_matches", "open_store_for_spec"]
+
+
+def stored_spec(store: SweepStore) -> SweepSpec:
+    """The spec a store was created from."""
+    return parse_spec(store.spec, source=f"{store.path} (stored spec)", check_recipe=False)
+
+
+def create_store(spec: SweepSpec) -> SweepStore:
+    """Create the store at ``spec.store``; the recipe is asked for its dataset's sizes first."""
+    recipe = build_recipe(spec.recipe.name, spec.recipe.params)
+    missing = [name for name in spec.outputs.names() if name not in recipe.supported_outputs]
+    if missing:
+        raise InputError(f"recipe {spec.recipe.name!r} cannot record {missing}; it supports {sorted(recipe.supported_outputs)}")
+    dataset = recipe.dataset_info()
+    return SweepStore.create(
+        spec.store,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec_hash(spec),
+        dataset=dataset,
+        num_models=spec.num_models,
+        block=spec.block,
+        outputs=spec.outputs.names(),
+    )
+
+
+def check_store_matches(store: SweepStore, spec: SweepSpec) -> None:
+    """Refuse a spec whose identity fields differ from the stored one, or that shrinks the sweep."""
+    differences = spec_differences(stored_spec(store), spec)
+    if differences:
+        raise StoreMismatchError(
+            f"store {str(store.path)!r} was made from a different spec ({'; '.join(differences)}); "
+            "use a new store path, or the stored spec"
+        )
+    if spec.num_models < store.num_models:
+        raise StoreMismatchError(
+            f"spec has num_models={spec.num_models} but the store already holds {store.num_models}; num_models can only grow"
+        )
+
+
+def open_store_for_spec(spec: SweepSpec, *, create: bool = True) -> tuple[SweepStore, bool]:
+    """Open the spec's store, creating it if absent; returns (store, created).
+
+    An existing store must have been made from the same spec (identity
+    fields). Growing it to a larger ``num_models`` is the driver's job, under
+    its lease.
+    """
+    path = Path(spec.store)
+    if not is_sweep_store(path):
+        if not create:
+            raise InputError(f"no store at {str(path)!r}")
+        return create_store(spec), True
+    store = SweepStore.open(path, mode="r+")
+    check_store_matches(store, spec)
+    return store, False
