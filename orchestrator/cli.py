@@ -103,12 +103,17 @@ def run(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML).")],
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
     progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Seconds without a heartbeat after which this driver's lease may be taken over.")
+    ] = 30.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Init the store if needed, then run or resume the sweep."""
     from orchestrator.api import load_spec, run_sweep
 
-    result = _call(lambda: run_sweep(load_spec(spec), address=address, progress=progress and not as_json))
+    result = _call(
+        lambda: run_sweep(load_spec(spec), address=address, progress=progress and not as_json, lease_ttl_s=lease_ttl)
+    )
     _emit(result.to_dict(), as_json, lambda: _out.print(
         f"{result.completed_blocks}/{result.num_blocks} blocks complete "
         f"({result.newly_completed_blocks} this run, {result.models_per_second:.1f} models/s, "
