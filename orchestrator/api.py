@@ -38,7 +38,15 @@ def _absolute_store(spec: SweepSpec, *, cluster: bool) -> SweepSpec:
                 f"store {spec.store!r} is a relative path; on a cluster give an absolute path on a filesystem every node mounts"
             )
         path = Path.cwd() / path
-    return spec.model_copy(update={"store": str(path)})
+    update: dict[str, str] = {"store": str(path)}
+    if spec.masks_file is not None:
+        masks = Path(spec.masks_file).expanduser()
+        if not masks.is_absolute():
+            if cluster:
+                raise InputError(f"masks_file {spec.masks_file!r} is a relative path; on a cluster give an absolute shared path")
+            masks = Path.cwd() / masks
+        update["masks_file"] = str(masks)
+    return spec.model_copy(update=update)
 
 
 def init_sweep(spec: SweepSpec) -> SweepStore:

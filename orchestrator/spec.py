@@ -70,7 +70,8 @@ class SweepSpec(_Strict):
 
     store: str = Field(description="Path of the Zarr store (a shared filesystem path on a cluster).")
     recipe: RecipeSpec
-    alpha: float = Field(gt=0, lt=1, description="Subset fraction: each model trains on exactly round(alpha*N) examples.")
+    alpha: float | None = Field(None, gt=0, lt=1, description="Subset fraction: each model trains on exactly round(alpha*N) examples. Required unless masks_file is given.")
+    masks_file: str | None = Field(None, description="Optional .npy of bool [num_models, N_train]: explicit subsets instead of random ones (e.g. retraining without chosen examples). Must be on a filesystem every worker sees.")
     num_models: int = Field(gt=0, description="Number of models (rows); a multiple of block.")
     block: int = Field(64, gt=0, le=65536, description="Models per task = rows per chunk.")
     seed: int = Field(0, ge=0, description="Base seed; masks and training seeds derive from (seed, model index).")
@@ -83,6 +84,8 @@ class SweepSpec(_Strict):
     def _num_models_is_whole_blocks(self) -> SweepSpec:
         if self.num_models % self.block:
             raise ValueError(f"num_models ({self.num_models}) must be a multiple of block ({self.block})")
+        if self.alpha is None and self.masks_file is None:
+            raise ValueError("alpha: Field required (or give masks_file)")
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.spec import SweepSpec, parse_spec, spec_differences, spec_hash
 from storage.errors import InputError, StoreMismatchError
 from storage.sweep_store import SweepStore, is_sweep_store
@@ -17,6 +19,19 @@ def stored_spec(store: SweepStore) -> SweepSpec:
     return parse_spec(store.spec, source=f"{store.path} (stored spec)", check_recipe=False)
 
 
+def check_masks_file(path: str, *, num_models: int, n_train: int) -> None:
+    """An explicit masks file must be a bool .npy of shape [num_models, n_train]."""
+    try:
+        masks = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"masks_file {path!r} is not a readable .npy file ({exc})") from None
+    if masks.dtype != np.bool_ or masks.shape != (num_models, n_train):
+        raise InputError(
+            f"masks_file {path!r} must be bool [{num_models}, {n_train}] (num_models x N_train); "
+            f"it is {masks.dtype} {list(masks.shape)}"
+        )
+
+
 def create_store(spec: SweepSpec) -> SweepStore:
     """Create the store at ``spec.store``; the recipe is asked for its dataset's sizes first."""
     recipe = build_recipe(spec.recipe.name, spec.recipe.params)
@@ -24,6 +39,8 @@ def create_store(spec: SweepSpec) -> SweepStore:
     if missing:
         raise InputError(f"recipe {spec.recipe.name!r} cannot record {missing}; it supports {sorted(recipe.supported_outputs)}")
     dataset = recipe.dataset_info()
+    if spec.masks_file is not None:
+        check_masks_file(spec.masks_file, num_models=spec.num_models, n_train=dataset.n_train)
     return SweepStore.create(
         spec.store,
         spec=spec.model_dump(mode="json"),

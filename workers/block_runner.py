@@ -57,7 +57,8 @@ class BlockRunner:
         store = SweepStore.open(self._store_path, mode="r")
         spec = store.spec
         self._seed = int(spec["seed"])
-        self._alpha = float(spec["alpha"])
+        self._alpha = spec.get("alpha")
+        self._masks_file = spec.get("masks_file")
         self._n_train = store.dataset.n_train
         self.recipe: Recipe = build_recipe(spec["recipe"]["name"], spec["recipe"].get("params", {}))
         self.device = device or _default_device()
@@ -70,7 +71,7 @@ class BlockRunner:
         # A fresh handle per block: the driver may have resized the store since.
         store = SweepStore.open(self._store_path, mode="r+")
         rows = store.block_rows(block_id)
-        masks = block_masks(self._seed, rows, self._n_train, self._alpha)
+        masks = self._block_masks(rows)
         seeds = block_seeds(self._seed, rows)
         with tempfile.TemporaryDirectory(prefix=f"dmsweep-block-{block_id:06d}-") as workdir:
             block = TrainingBlock(
@@ -101,6 +102,13 @@ class BlockRunner:
             node=self.node,
             pid=os.getpid(),
         )
+
+
+    def _block_masks(self, rows: range) -> np.ndarray:
+        if self._masks_file is not None:
+            explicit = np.load(self._masks_file, mmap_mode="r")
+            return np.array(explicit[rows.start : rows.stop], dtype=bool)
+        return block_masks(self._seed, rows, self._n_train, float(self._alpha))
 
 
 def _default_device() -> str:
