@@ -104,8 +104,11 @@ class Ledger:
         )
 
     def table(self) -> dict[str, np.ndarray]:
-        """Every ledger field as a whole array (for status and reports)."""
-        return {name: np.asarray(self._array(name)[:]) for name in (*_NUMERIC_FIELDS, *_TEXT_FIELDS)}
+        """Every ledger field as a whole array (text fields as object arrays of str)."""
+        table = {name: np.asarray(self._array(name)[:]) for name in _NUMERIC_FIELDS}
+        for name in _TEXT_FIELDS:
+            table[name] = np.asarray(self._array(name)[:]).astype(object)
+        return table
 
     def mark_complete(self, block_id: int, *, checksum: int, seconds: float, node: str, attempts: int = 1) -> None:
         """Record a block's receipt. Status goes last: until it lands, the block is not complete."""
