@@ -1,0 +1,193 @@
+"""The linear datamodeling score (LDS) of fitted datamodels on held-out models.
+
+For each target, the Spearman rank correlation between the datamodel's predictions
+``mask @ weight + bias`` and the outputs actually measured, over models the fit
+never saw (Ilyas et al. 2022, section 2); the LDS is its mean over targets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from regression.loader import rows_index
+from regression.rows import check_slice, from_runs, to_runs
+from storage.datamodels import open_datamodels, update_attrs
+from storage.errors import InputError
+from storage.sweep_store import SweepStore
+
+__all__ = ["LdsResult", "evaluate_lds", "column_correlations"]
+
+
+@dataclass
+class LdsResult:
+    """Correlations of predicted and actual outputs on held-out models.
+
+    Attributes
+    ----------
+    lds : float
+        Mean over targets of the Spearman correlation.
+    pearson : float
+        Mean over the same targets of the Pearson correlation.
+    spearman_std : float
+        Standard deviation of the per-target Spearman correlations.
+    n_targets : int
+        Targets averaged over.
+    n_constant : int
+        Targets left out because their actual or predicted outputs are constant
+        on the evaluation models (a correlation is undefined there).
+    n_models : int
+        Evaluation models.
+    eval_store : str
+        Store the evaluation models came from.
+    rows : list of [int, int]
+        Their rows, as runs.
+    seconds : float
+    """
+
+    lds: float
+    pearson: float
+    spearman_std: float
+    n_targets: int
+    n_constant: int
+    n_models: int
+    eval_store: str
+    rows: list[list[int]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def column_correlations(pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column Spearman and Pearson correlations.
+
+    Parameters
+    ----------
+    pred, actual : ndarray, shape [M, T]
+
+    Returns
+    -------
+    spearman, pearson : ndarray of float64, shape [T]
+        NaN where a column is constant.
+    constant : ndarray of bool, shape [T]
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    constant = (np.ptp(pred, axis=0) == 0) | (np.ptp(actual, axis=0) == 0)
+    # Spearman = Pearson of average ranks (ties share their mean rank).
+    spearman = _pearson(rankdata(pred, axis=0), rankdata(actual, axis=0))
+    pearson = _pearson(pred, actual)
+    spearman[constant] = np.nan
+    pearson[constant] = np.nan
+    return spearman, pearson, constant
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    denom = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(0) / denom
+
+
+def evaluate_lds(
+    store_path: str | Path,
+    *,
+    name: str,
+    eval_store: str | Path | None = None,
+    rows: slice | None = None,
+) -> LdsResult:
+    """LDS of ``datamodels/<name>`` on held-out models; the result goes into the group's attrs.
+
+    Parameters
+    ----------
+    store_path : str or Path
+        The store holding the datamodels.
+    name : str
+        Datamodels name.
+    eval_store : str or Path, optional
+        A store of models trained on fresh subsets of the same dataset. Without
+        it, completed rows of ``store_path`` that the fit did not use.
+    rows : slice, optional
+        Restrict the evaluation models to these rows (completed ones only).
+
+    Returns
+    -------
+    LdsResult
+
+    Raises
+    ------
+    InputError
+        Unknown name, evaluation rows that overlap the fit's rows of the same
+        store, no evaluation rows, shapes that do not match, NaN outputs.
+    """
+    started = time.perf_counter()
+    fit_store = SweepStore.open(store_path, mode="r")
+    group = open_datamodels(fit_store.group, name)
+    meta = dict(group.attrs["datamodels"])  # type: ignore[arg-type]
+    output = str(meta.get("output", "margins/test"))
+    t0, t1 = (int(v) for v in meta["targets"])
+    store = fit_store if eval_store is None else SweepStore.open(eval_store, mode="r")
+    same_store = eval_store is None or Path(eval_store).resolve() == fit_store.path.resolve()
+    if store.dataset.n_train != int(meta["n_train"]):
+        raise InputError(f"eval store has n_train={store.dataset.n_train}, the datamodels {meta['n_train']}")
+    if output not in store.outputs:
+        raise InputError(f"eval store has no {output!r}; it has {list(store.outputs)}")
+    width = store.dataset.n_test if output == "margins/test" else store.dataset.n_train
+    if t1 > width:
+        raise InputError(f"the datamodels cover {output} columns [{t0}, {t1}); the eval store has {width}")
+
+    completed = store.completed_rows()
+    selected = check_slice(rows, store.num_models, "rows")
+    eval_rows = completed[(completed >= selected.start) & (completed < selected.stop)]
+    if same_store:
+        fitted = from_runs(meta["rows"])
+        overlap = np.intersect1d(eval_rows, fitted)
+        if rows is None:
+            eval_rows = np.setdiff1d(eval_rows, fitted)
+        elif overlap.size:
+            raise InputError(
+                f"{overlap.size} evaluation rows were used to fit {name!r} (first: row {overlap[0]}); "
+                "evaluate on held-out rows or another store"
+            )
+    if eval_rows.size < 3:
+        raise InputError(f"{eval_rows.size} held-out completed rows to evaluate on; need at least 3")
+
+    weight = group["weight"]
+    bias = np.asarray(group["bias"][...], dtype=np.float32)  # type: ignore[index]
+    if not np.isfinite(bias).all():
+        raise InputError(f"datamodels {name!r} are not completely fitted (some shards missing); finish the fit first")
+    w = np.asarray(weight[...], dtype=np.float32)  # type: ignore[index]
+    preds, actuals = [], []
+    step = max(store.block, (1 << 26) // max(1, store.dataset.n_train) // store.block * store.block)
+    for i in range(0, eval_rows.size, step):
+        index = rows_index(eval_rows[i : i + step])
+        masks = store.read("masks", index)
+        actual = store.read(output, index)[:, t0:t1].astype(np.float32)
+        if not np.isfinite(actual).all():
+            raise InputError(f"{output} of the evaluation rows has NaN or infinite values")
+        preds.append(masks.astype(np.float32) @ w + bias)
+        actuals.append(actual)
+    spearman, pearson, constant = column_correlations(np.concatenate(preds), np.concatenate(actuals))
+    if constant.all():
+        raise InputError("every target is constant on the evaluation rows (or has constant predictions)")
+    result = LdsResult(
+        lds=float(np.nanmean(spearman)),
+        pearson=float(np.nanmean(pearson)),
+        spearman_std=float(np.nanstd(spearman)),
+        n_targets=int((~constant).sum()),
+        n_constant=int(constant.sum()),
+        n_models=int(eval_rows.size),
+        eval_store=str(store.path),
+        rows=to_runs(eval_rows),
+        seconds=time.perf_counter() - started,
+    )
+    writable = SweepStore.open(store_path, mode="r+")
+    update_attrs(open_datamodels(writable.group, name), lds=result.to_dict())
+    return result

@@ -1,0 +1,185 @@
+"""Where the fit's buffers live, planned against a memory bound before anything runs.
+
+``max_memory`` bounds the **resident memory of the whole process** during a fit:
+the plan budgets ``max_memory`` minus what the process already holds when the
+fit starts (interpreter, torch, zarr) and refuses with an
+:class:`~storage.errors.InputError` when even the leanest plan (masks streamed, one
+batch read ahead, SAGA table on the host) does not fit, rather than swapping.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from storage.errors import InputError
+
+__all__ = ["MemoryPlan", "plan_memory", "current_rss", "peak_rss"]
+
+_F32 = 4
+# Transient copies the estimate cannot see exactly (allocator slack, zarr's
+# compressed and decoded chunk buffers, a batch converted to float): the plan keeps
+# this fraction of the budget free.
+_HEADROOM = 0.25
+_MAX_QUEUE = 4
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss()
+
+
+def peak_rss() -> int:
+    """Peak resident bytes of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Decisions for one shard's fit.
+
+    Attributes
+    ----------
+    masks_resident : bool
+        Load the fit rows' masks and targets once onto the device and keep them.
+    table_on_device : bool
+        Keep the SAGA table on the device (else in pinned host memory).
+    queue_depth : int
+        Batches the reader thread may hold ahead of the solver.
+    host_bytes, device_bytes : int
+        The plan's estimate of what it allocates on the host and the device (equal
+        places on CPU: everything is host memory there).
+    budget : int or None
+        Host bytes the plan had (``max_memory`` − resident memory at start).
+    """
+
+    masks_resident: bool
+    table_on_device: bool
+    queue_depth: int
+    host_bytes: int
+    device_bytes: int
+    budget: int | None
+
+
+def plan_memory(
+    *,
+    n_rows: int,
+    n_features: int,
+    n_targets: int,
+    output_width: int,
+    batch_rows: int,
+    device: torch.device,
+    max_memory: int | None,
+) -> MemoryPlan:
+    """Plan residency of masks and SAGA table for a fit of ``n_targets`` targets.
+
+    Parameters
+    ----------
+    n_rows : int
+        Fit rows (train + validation).
+    n_features : int
+        ``N_train``, the mask width.
+    n_targets : int
+        Targets solved together (one shard).
+    output_width : int
+        Columns of the stored output read per row (a read gets whole rows).
+    batch_rows : int
+        Rows of the largest batch.
+    device : torch.device
+        The solver's device.
+    max_memory : int or None
+        Bound on the process's resident bytes; None: no bound (the plan still
+        keeps masks streamed when they would not fit in available memory).
+
+    Returns
+    -------
+    MemoryPlan
+
+    Raises
+    ------
+    InputError
+        When ``max_memory`` cannot hold the leanest plan.
+    """
+    cuda = device.type == "cuda"
+    # Solver state per target column: W, Ḡ, best W, the epoch's W copy, the
+    # gradient product, the compacted working copies of W and Ḡ.
+    state = 7 * n_features * n_targets * _F32
+    # One batch in flight on the device: bool masks, the standardised float copy,
+    # targets, residuals and their differences.
+    batch = batch_rows * (n_features * (1 + 2 * _F32) + 6 * n_targets * _F32)
+    table = n_rows * n_targets * _F32
+    resident = n_rows * (n_features + n_targets * _F32)
+    # A batch read ahead on the host: decoded chunks, the bool rows, the full
+    # output rows (float16 → float32) and the selected targets.
+    read_ahead = batch_rows * (2 * n_features + output_width * (2 + _F32) + n_targets * _F32)
+
+    budget = None if max_memory is None else int(max_memory) - current_rss()
+    usable = None if budget is None else int(budget * (1 - _HEADROOM))
+    if usable is None:
+        usable = int(_available_host() * 0.5)
+
+    if cuda:
+        free_device = int(torch.cuda.mem_get_info(device)[0] * 0.8)
+        device_need = state + 2 * batch
+        if device_need > free_device:
+            raise InputError(
+                f"{n_targets} targets need about {_gib(device_need)} of GPU memory, {_gib(free_device)} is free: "
+                "use more shards"
+            )
+        table_on_device = device_need + table <= free_device
+        masks_resident = device_need + table * table_on_device + resident <= free_device
+        host_fixed = (0 if table_on_device else table)
+        lean = host_fixed + 2 * read_ahead
+        if lean > usable:
+            raise _too_small(max_memory, budget, lean)
+        depth = _depth(usable - host_fixed, read_ahead)
+        # Loading resident masks streams them once through the same queue.
+        return MemoryPlan(masks_resident, table_on_device, depth, host_fixed + (depth + 1) * read_ahead,
+                          device_need + table * table_on_device + resident * masks_resident, budget)
+
+    fixed = state + 2 * batch + table
+    lean = fixed + 2 * read_ahead
+    if lean > usable:
+        raise _too_small(max_memory, budget, lean)
+    masks_resident = fixed + resident + 2 * read_ahead <= usable
+    depth = _depth(usable - fixed - resident * masks_resident, read_ahead)
+    host = fixed + resident * masks_resident + (depth + 1) * read_ahead
+    return MemoryPlan(masks_resident, True, depth, host, host, budget)
+
+
+def _depth(room: int, read_ahead: int) -> int:
+    return max(1, min(_MAX_QUEUE, room // max(read_ahead, 1) - 1))
+
+
+def _available_host() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 4 << 30
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _too_small(max_memory: int | None, budget: int | None, need: int) -> InputError:
+    if max_memory is None or budget is None:
+        return InputError(f"the fit needs at least {_gib(need)} of host memory; not available: use more shards")
+    return InputError(
+        f"max_memory={_gib(max_memory)} is too small: {_gib(max_memory - budget)} is already resident and the "
+        f"leanest plan needs about {_gib(int(need / (1 - _HEADROOM)))} more; raise max_memory, use more shards "
+        "(fewer targets at once) or a smaller batch_size"
+    )

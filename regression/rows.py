@@ -1,0 +1,46 @@
+"""Selecting rows and target columns of a store, and writing row sets compactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.errors import InputError
+
+__all__ = ["check_slice", "to_runs", "from_runs"]
+
+
+def check_slice(sel: slice | None, size: int, what: str) -> range:
+    """The range a user's slice selects in ``[0, size)``; InputError when out of range.
+
+    Unlike Python slicing nothing is clipped silently: bounds outside ``[0, size]``,
+    a step other than 1 and an empty selection are refused.
+    """
+    if sel is None:
+        return range(0, size)
+    if not isinstance(sel, slice):
+        raise InputError(f"{what} must be a slice, got {type(sel).__name__}")
+    if sel.step not in (None, 1):
+        raise InputError(f"{what} must have step 1, got {sel.step}")
+    start = 0 if sel.start is None else int(sel.start)
+    stop = size if sel.stop is None else int(sel.stop)
+    if not 0 <= start < stop <= size:
+        raise InputError(f"{what} [{sel.start}:{sel.stop}] is outside [0, {size}) or empty")
+    return range(start, stop)
+
+
+def to_runs(rows: np.ndarray) -> list[list[int]]:
+    """Sorted int rows as ``[[start, stop), …]`` runs (JSON-able, small)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.r_[rows[0], rows[breaks]]
+    stops = np.r_[rows[breaks - 1] + 1, rows[-1] + 1]
+    return [[int(a), int(b)] for a, b in zip(starts, stops)]
+
+
+def from_runs(runs: list[list[int]]) -> np.ndarray:
+    """Inverse of :func:`to_runs`."""
+    if not runs:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs])
