@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from orchestrator.driver import DriverOptions, RunResult, SweepDriver
@@ -12,7 +13,7 @@ from orchestrator.status import SweepStatus, sweep_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
 from storage.errors import InputError
 from storage.events import EventLog
-from storage.lease import Lease
+from storage.lease import LEASE_FILE, Lease, read_lease
 from storage.sweep_store import SweepStore
 from storage.verify import VerifyReport, verify_store
 
@@ -49,6 +50,37 @@ def _absolute_store(spec: SweepSpec, *, cluster: bool) -> SweepSpec:
     return spec.model_copy(update=update)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def _clear_abandoned_lease(store_path: Path) -> bool:
+    """Remove a lease whose holder is a dead process on this host; True if one was removed.
+
+    A driver killed with SIGKILL leaves its lease fresh for up to ``ttl_s``;
+    on the host that held it the driver's death is certain, so a resume there
+    need not wait for the heartbeat to go stale. Leases from other hosts are
+    only ever taken over once stale.
+    """
+    info = read_lease(store_path)
+    if info is None or info.host != socket.gethostname() or info.pid == os.getpid() or _pid_alive(info.pid):
+        return False
+    (store_path / LEASE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _lease(store_path: Path, *, ttl_s: float) -> Lease:
+    """The store's lease, ready to enter: refused while another live driver holds it."""
+    _clear_abandoned_lease(store_path)
+    return Lease(store_path, ttl_s=ttl_s)
+
+
 def init_sweep(spec: SweepSpec) -> SweepStore:
     """Create the spec's store (or check that the existing one matches it)."""
     store, _ = open_store_for_spec(_absolute_store(spec, cluster=False))
@@ -78,7 +110,7 @@ def run_sweep(
     spec = _absolute_store(spec, cluster=cluster)
     store, _ = open_store_for_spec(spec)
     started_ray = False
-    with Lease(store.path, ttl_s=lease_ttl_s) as lease:
+    with _lease(store.path, ttl_s=lease_ttl_s) as lease:
         # Checked again under the lease: another driver may have changed it meanwhile.
         store = store.reopen()
         check_store_matches(store, spec)
@@ -109,7 +141,7 @@ def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
         raise InputError(f"--num-models must exceed the current {store.num_models}; got {num_models}")
     if num_models % store.block:
         raise InputError(f"--num-models ({num_models}) must be a multiple of the block size ({store.block})")
-    with Lease(store.path):
+    with _lease(store.path, ttl_s=30.0):
         store.resize(num_models, spec.model_copy(update={"num_models": num_models}).model_dump(mode="json"))
     return store.reopen()
 
@@ -118,6 +150,6 @@ def verify_sweep(store_path: str | Path, *, repair: bool = False) -> VerifyRepor
     """Check every completed block; with ``repair`` send bad ones back to be recomputed."""
     store = SweepStore.open(store_path, mode="r+" if repair else "r")
     if repair:
-        with Lease(store.path):
+        with _lease(store.path, ttl_s=30.0):
             return verify_store(store, repair=True)
     return verify_store(store)

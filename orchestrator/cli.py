@@ -201,3 +201,34 @@ def verify(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    command: Annotated[list[str], typer.Argument(help="The dmsweep command to run as the job, after '--' (run SPEC, fit STORE --name N...).")],
+    address: Annotated[str, typer.Option(help="The cluster's dashboard address, http://HEAD:8265.", envvar="RAY_API_SERVER_ADDRESS")],
+    follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends; exit with its status.")] = False,
+    working_dir: Annotated[Path | None, typer.Option(help="Directory shipped as the job's working_dir (default: this checkout).")] = None,
+    ship: Annotated[bool, typer.Option(help="Ship the code with the job; --no-ship uses the dmsweep installed on the cluster.")] = True,
+    submission_id: Annotated[str | None, typer.Option(help="Job id to use (default: Ray picks one).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a dmsweep command (a sweep, a fit...) as a Ray job to a running cluster; print its id."""
+    from orchestrator.submit import default_working_dir, follow_job, submit_command
+
+    ship_dir = (working_dir or default_working_dir()) if ship else None
+    job = _call(lambda: submit_command(address, command, working_dir=ship_dir, submission_id=submission_id))
+    data: dict[str, Any] = {"job_id": job.job_id, "address": job.address, "entrypoint": job.entrypoint,
+                            "working_dir": job.working_dir}
+    if not as_json:
+        sys.stdout.write(job.job_id + "\n")  # the id alone on stdout, for scripts
+        sys.stdout.flush()
+    exit_code = 0
+    if follow:
+        outcome = _call(lambda: follow_job(address, job.job_id, write=_err.file.write))
+        data.update(status=outcome.status, exit_code=outcome.exit_code, message=outcome.message)
+        exit_code = outcome.exit_code
+    _emit(data, as_json, lambda: _err.print(
+        f"job {job.job_id} {data.get('status', 'submitted')} on {address}", highlight=False, markup=False))
+    if exit_code:
+        raise typer.Exit(exit_code)

@@ -1,11 +1,12 @@
 """The Ray driver: keeps one worker actor per slot busy until every block is complete.
 
 Scheduling follows Ray's ActorPool, taken further: each actor holds at most
-``max_in_flight_per_actor`` blocks; blocks are pulled from the pending list
-only when an actor has room, so the driver holds a few receipts, never data.
-Every block has a driver-side deadline (a task on a lost node can hang rather
-than fail); a block that times out, whose actor died, or whose recipe raised
-is retried up to ``spec.retries`` times and then ledgered as failed.
+``max_in_flight_per_actor`` blocks; blocks are pulled lazily from the ledger's
+pending list only when an actor has room, so the driver holds a few receipts,
+never data, and nothing on it grows with the sweep. Every block has a
+driver-side deadline (a task on a lost node can hang rather than fail); a
+block that times out, whose actor died, or whose recipe raised is retried up
+to ``spec.retries`` times and then ledgered as failed, with its error.
 
 The driver is the ledger's only writer: a block becomes complete only after
 its worker wrote every chunk and its receipt came back here.
@@ -13,8 +14,8 @@ its worker wrote every chunk and its receipt came back here.
 
 from __future__ import annotations
 
+import re
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import ray.exceptions
 
 from orchestrator.metrics import SweepMetrics
 from orchestrator.progress import SweepProgress
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import ResourcesSpec, SweepSpec
 from orchestrator.worker_actor import SweepWorker
 from storage.errors import DmsweepError, InputError
 from storage.events import EventLog
@@ -36,18 +37,45 @@ from workers.block_runner import BlockReceipt
 
 __all__ = ["DriverOptions", "RunResult", "SweepDriver", "worker_slots"]
 
+#: Longest single wait on Ray: the loop wakes at least this often to check the
+#: lease and actor start-up, even when no block is due.
+_MAX_WAIT_S = 2.0
+#: Ray colours the remote traceback for terminals; the ledger keeps plain text.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 @dataclass(frozen=True)
 class DriverOptions:
-    """How the driver schedules (not part of the spec: it never changes what is written)."""
+    """How the driver schedules (not part of the spec: it never changes what is written).
+
+    Attributes
+    ----------
+    max_in_flight_per_actor : blocks queued on one actor, the running one
+        included; two keeps an actor busy while its next receipt travels.
+    actor_start_timeout_s : give up when no actor has become ready for this
+        long (a cluster without room for the spec's resources).
+    max_actor_start_failures : abort after this many actors in a row failed in
+        their setup (a recipe whose dataset cannot load).
+    max_actors : upper bound on the number of worker actors (``None``: one per slot).
+    """
 
     max_in_flight_per_actor: int = 2
-    #: Give up when no actor has become ready for this long (cluster without room).
     actor_start_timeout_s: float = 600.0
-    #: Abort after this many actors in a row failed to start (a broken recipe setup).
     max_actor_start_failures: int = 3
-    #: Upper bound on the number of worker actors (None: one per slot).
     max_actors: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_in_flight_per_actor < 1:
+            problems.append(f"max_in_flight_per_actor must be >= 1, got {self.max_in_flight_per_actor}")
+        if self.actor_start_timeout_s <= 0:
+            problems.append(f"actor_start_timeout_s must be > 0, got {self.actor_start_timeout_s}")
+        if self.max_actor_start_failures < 1:
+            problems.append(f"max_actor_start_failures must be >= 1, got {self.max_actor_start_failures}")
+        if self.max_actors is not None and self.max_actors < 1:
+            problems.append(f"max_actors must be >= 1 or None, got {self.max_actors}")
+        if problems:
+            raise InputError("; ".join(problems))
 
 
 @dataclass
@@ -82,7 +110,7 @@ class _InFlight:
 
 @dataclass
 class _Slot:
-    """One worker actor and the blocks queued on it, head first."""
+    """One worker actor and the blocks queued on it, head (the running one) first."""
 
     name: str
     actor: ray.actor.ActorHandle
@@ -96,19 +124,57 @@ class _Slot:
         return self.ready_ref is None
 
 
-def worker_slots(spec: SweepSpec) -> int:
-    """How many worker actors the cluster's resources allow for this spec."""
-    resources = ray.cluster_resources()
-    if spec.resources.num_gpus > 0:
-        slots = int(resources.get("GPU", 0.0) / spec.resources.num_gpus + 1e-9)
-        if slots == 0:
-            raise InputError(f"the spec asks for {spec.resources.num_gpus} GPU per worker but the Ray cluster has no GPU")
-    else:
-        slots = int(resources.get("CPU", 0.0) / spec.resources.num_cpus + 1e-9)
-        if slots == 0:
-            raise InputError(
-                f"the spec asks for {spec.resources.num_cpus} CPUs per worker but the Ray cluster has {resources.get('CPU', 0)}"
-            )
+class _WorkQueue:
+    """Blocks still to hand out: retries first, then the pending blocks in order.
+
+    The pending blocks stay one int64 array walked by a cursor, so the driver's
+    memory is 8 bytes per block however many blocks the sweep has.
+    """
+
+    def __init__(self, pending: np.ndarray) -> None:
+        self._pending = np.asarray(pending, dtype=np.int64)
+        self._cursor = 0
+        self._retry: deque[int] = deque()
+
+    def __len__(self) -> int:
+        return len(self._retry) + self._pending.size - self._cursor
+
+    def pop(self) -> int | None:
+        if self._retry:
+            return self._retry.popleft()
+        if self._cursor < self._pending.size:
+            self._cursor += 1
+            return int(self._pending[self._cursor - 1])
+        return None
+
+    def push(self, block_id: int, *, front: bool = False) -> None:
+        if front:
+            self._retry.appendleft(block_id)
+        else:
+            self._retry.append(block_id)
+
+
+def worker_slots(resources: ResourcesSpec) -> int:
+    """How many worker actors fit on the live nodes of the cluster, node by node.
+
+    Counting per node (not on the cluster's totals) matters for fractional
+    GPUs: 0.4 GPU per actor fits twice on each 1-GPU node, not 7 times on 3 GPUs.
+    """
+    slots = 0
+    for node in ray.nodes():
+        if not node.get("Alive", False):
+            continue
+        have = node.get("Resources", {})
+        fit = int(have.get("CPU", 0.0) / resources.num_cpus + 1e-9)
+        if resources.num_gpus > 0:
+            fit = min(fit, int(have.get("GPU", 0.0) / resources.num_gpus + 1e-9))
+        slots += fit
+    if slots == 0:
+        total = ray.cluster_resources()
+        raise InputError(
+            f"no node of the Ray cluster fits one worker with num_cpus={resources.num_cpus}, "
+            f"num_gpus={resources.num_gpus} (cluster has CPU={total.get('CPU', 0):g}, GPU={total.get('GPU', 0):g})"
+        )
     return slots
 
 
@@ -118,7 +184,18 @@ def _one_line(text: str) -> str:
 
 
 class SweepDriver:
-    """Runs the pending blocks of one store. Use :meth:`run` once, under the store's lease."""
+    """Runs the pending blocks of one store. Use :meth:`run` once, under the store's lease.
+
+    Parameters
+    ----------
+    store : the sweep's store, opened for writing (the driver writes its ledger).
+    spec : the sweep spec (resources, retries and timeout are read from it).
+    lease : the store's lease, held by the caller; the driver stops if it is lost.
+    events : the store's event log, opened by the caller.
+    progress : the live view to update, if any.
+    options : scheduling options.
+    clock : monotonic seconds (the block deadlines).
+    """
 
     def __init__(
         self,
@@ -139,13 +216,13 @@ class SweepDriver:
         self._options = options or DriverOptions()
         self._clock = clock
         self._ledger = store.ledger
-        self._metrics = SweepMetrics()
+        self._metrics = SweepMetrics(store=store.path.name)
         self._run_id = uuid.uuid4().hex[:6]
         self._slots: list[_Slot] = []
         self._actor_counter = 0
         self._start_failures = 0
         self._attempts: dict[int, int] = {}
-        self._retry: deque[int] = deque()
+        self._work = _WorkQueue(np.empty(0, dtype=np.int64))
         self._failed: list[int] = []
         self._retries = 0
         self._newly_completed = 0
@@ -155,6 +232,8 @@ class SweepDriver:
         self._actor_counter += 1
         name = f"dmsweep-{self._run_id}-worker-{self._actor_counter:03d}"
         resources = self._spec.resources
+        # max_restarts=0: a dead actor is replaced by the driver, which knows
+        # which blocks it held; a silent Ray restart would hide that.
         actor = SweepWorker.options(
             name=name, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
         ).remote(str(self._store.path), resources.num_cpus)
@@ -162,36 +241,42 @@ class SweepDriver:
         self._slots.append(slot)
         return slot
 
-    def _drop_actor(self, slot: _Slot, reason: str) -> None:
+    def _has_work(self) -> bool:
+        return len(self._work) > 0
+
+    def _drop_actor(self, slot: _Slot, reason: str, *, kind: str) -> None:
         """Kill an actor, requeue its blocks (the running head counts an attempt), replace it."""
         self._slots.remove(slot)
         try:
             ray.kill(slot.actor, no_restart=True)
         except Exception:
-            pass  # already dead
+            pass  # already dead, or its node is gone: nothing left to kill
         self._events.write("actor_lost", actor=slot.name, node=slot.node_ip, reason=reason)
-        for position, item in enumerate(slot.queue):
-            if position == 0:
-                self._block_attempt_failed(item.block_id, reason, node=slot.node_ip)
-            else:
-                self._retry.appendleft(item.block_id)
+        queued = list(slot.queue)
         slot.queue.clear()
-        self._start_actor()
+        # Queued blocks never ran: they go back first, in order, without an attempt.
+        for item in reversed(queued[1:]):
+            self._work.push(item.block_id, front=True)
+        if queued:
+            self._block_attempt_failed(queued[0].block_id, reason, node=slot.node_ip, kind=kind)
+        if self._has_work():
+            self._start_actor()
 
     # -- blocks --------------------------------------------------------------------
-    def _block_attempt_failed(self, block_id: int, error: str, *, node: str) -> None:
+    def _block_attempt_failed(self, block_id: int, error: str, *, node: str, kind: str) -> None:
         attempts = self._attempts.get(block_id, 0) + 1
         self._attempts[block_id] = attempts
-        self._metrics.block_failed()
+        self._metrics.block_failed(kind, node)
         if attempts <= self._spec.retries:
             self._retries += 1
-            self._events.write("block_retried", block=block_id, attempt=attempts, node=node, error=error)
-            self._retry.append(block_id)
+            self._events.write("block_retried", block=block_id, attempt=attempts, node=node, kind=kind, error=error)
+            self._work.push(block_id)
             if self._progress:
                 self._progress.block_retried()
         else:
+            self._attempts.pop(block_id, None)
             self._ledger.mark_failed(block_id, error=error, attempts=attempts, node=node)
-            self._events.write("block_failed", block=block_id, attempts=attempts, node=node, error=error)
+            self._events.write("block_failed", block=block_id, attempts=attempts, node=node, kind=kind, error=error)
             self._failed.append(block_id)
             if self._progress:
                 self._progress.block_failed()
@@ -211,47 +296,62 @@ class SweepDriver:
         if self._progress:
             self._progress.block_completed(self._store.block, receipt.node)
 
-    def _next_block(self, pending: deque[int]) -> int | None:
-        if self._retry:
-            return self._retry.popleft()
-        if pending:
-            return pending.popleft()
-        return None
+    def _start_head(self, slot: _Slot) -> None:
+        """The slot's head block starts running now: its deadline counts from here."""
+        head = slot.queue[0]
+        head.started_at = self._clock()
+        self._events.write("block_started", block=head.block_id, actor=slot.name, node=slot.node_ip)
 
     def _submit(self, slot: _Slot, block_id: int) -> None:
+        # The task name shows on the dashboard next to the actor that runs it.
         ref = slot.actor.train.options(name=f"block-{block_id:06d}").remote(block_id)
-        item = _InFlight(block_id=block_id, ref=ref)
-        if not slot.queue:
-            item.started_at = self._clock()
-        slot.queue.append(item)
-        self._events.write("block_started", block=block_id, actor=slot.name, node=slot.node_ip)
+        slot.queue.append(_InFlight(block_id=block_id, ref=ref))
+        if len(slot.queue) == 1:
+            self._start_head(slot)
+
+    def _pop_head(self, slot: _Slot) -> _InFlight:
+        head = slot.queue.popleft()
+        if slot.queue:
+            self._start_head(slot)
+        return head
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Run every block not yet complete; return what was done (failed blocks stay for the next run)."""
         started = self._clock()
-        pending = deque(int(b) for b in self._ledger.pending_blocks())
-        total_todo = len(pending)
-        completed_before = self._store.num_blocks - total_todo
+        pending = self._ledger.pending_blocks()
+        self._work = _WorkQueue(pending)
+        completed_before = self._store.num_blocks - pending.size
         if self._progress:
             self._progress.start(
-                total_models=self._store.num_models, done_models=completed_before * self._store.block
+                total_models=self._store.num_models,
+                done_models=completed_before * self._store.block,
+                total_blocks=self._store.num_blocks,
             )
-        self._events.write("run_started", pending_blocks=total_todo, run_id=self._run_id)
-        if pending:
-            slots = worker_slots(self._spec)
+        self._events.write("run_started", pending_blocks=int(pending.size), run_id=self._run_id)
+        if pending.size:
+            slots = worker_slots(self._spec.resources)
             if self._options.max_actors is not None:
                 slots = min(slots, self._options.max_actors)
-            for _ in range(min(slots, total_todo)):
+            for _ in range(min(slots, int(pending.size))):
                 self._start_actor()
             try:
-                self._loop(pending)
+                self._loop()
             finally:
                 for slot in self._slots:
-                    ray.kill(slot.actor, no_restart=True)
+                    try:
+                        ray.kill(slot.actor, no_restart=True)
+                    except Exception:
+                        pass  # its node is gone
                 self._slots.clear()
+                self._metrics.set_running(0)
+                if self._progress:
+                    self._progress.update_running(0)
         wall = self._clock() - started
         completed = int(self._ledger.completed_blocks().size)
-        self._events.write("run_finished", completed_blocks=completed, failed_blocks=self._failed, wall_seconds=wall)
+        self._events.write(
+            "run_finished", completed_blocks=completed, failed_blocks=sorted(self._failed), wall_seconds=round(wall, 3)
+        )
         return RunResult(
             store=str(self._store.path),
             num_models=self._store.num_models,
@@ -268,20 +368,27 @@ class SweepDriver:
     def _in_flight(self) -> int:
         return sum(len(slot.queue) for slot in self._slots)
 
-    def _loop(self, pending: deque[int]) -> None:
+    def _fill(self) -> None:
+        """Hand blocks to every ready actor with room: the only place work is pulled."""
+        for slot in self._slots:
+            while slot.ready and len(slot.queue) < self._options.max_in_flight_per_actor:
+                block_id = self._work.pop()
+                if block_id is None:
+                    return
+                self._submit(slot, block_id)
+
+    def _loop(self) -> None:
         timeout = self._spec.timeout_s
         last_ready = self._clock()
-        while pending or self._retry or self._in_flight():
+        while self._has_work() or self._in_flight():
             if self._lease.lost:
                 raise DmsweepError("another driver took over this store's lease; stopping")
-            for slot in self._slots:
-                while slot.ready and len(slot.queue) < self._options.max_in_flight_per_actor:
-                    block_id = self._next_block(pending)
-                    if block_id is None:
-                        break
-                    self._submit(slot, block_id)
+            self._fill()
+            running = sum(1 for s in self._slots if s.queue)
+            self._metrics.set_running(running)
             if self._progress:
-                self._progress.update_running(sum(1 for s in self._slots if s.queue))
+                self._progress.update_running(running)
+            # What to wait on: a starting actor's ready(), or a busy actor's head block.
             refs: dict[ray.ObjectRef, _Slot] = {}
             deadlines: list[float] = []
             for slot in self._slots:
@@ -292,18 +399,29 @@ class SweepDriver:
                     refs[head.ref] = slot
                     deadlines.append((head.started_at or self._clock()) + timeout)
             now = self._clock()
-            if not any(s.ready for s in self._slots) and now - last_ready > self._options.actor_start_timeout_s:
+            if any(s.ready for s in self._slots):
+                last_ready = now
+            elif now - last_ready > self._options.actor_start_timeout_s:
                 raise DmsweepError(
                     f"no worker actor could start within {self._options.actor_start_timeout_s:.0f}s; "
                     "does the cluster have the resources the spec asks for?"
                 )
-            wait_s = max(0.0, min(deadlines) - now) if deadlines else 5.0
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=min(wait_s, 5.0))
+            if not refs:
+                # Work is left but every actor is gone (lost without replacement): start one.
+                self._start_actor()
+                continue
+            wait_s = min(_MAX_WAIT_S, max(0.0, min(deadlines) - now) if deadlines else _MAX_WAIT_S)
+            ready, rest = ray.wait(list(refs), num_returns=1, timeout=wait_s)
+            if ready and rest:
+                # Under load several receipts land together: take them all in one pass.
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
             for ref in ready:
                 slot = refs[ref]
+                if slot not in self._slots:
+                    continue  # dropped while handling an earlier ref of this pass
                 if ref is slot.ready_ref:
                     self._on_actor_ready(slot)
-                    last_ready = self._clock()
                 else:
                     self._on_block_done(slot)
             self._check_deadlines(timeout)
@@ -311,18 +429,23 @@ class SweepDriver:
     def _on_actor_ready(self, slot: _Slot) -> None:
         try:
             info = ray.get(slot.ready_ref)
-        except ray.exceptions.RayTaskError as exc:
-            self._start_failures += 1
-            self._events.write("actor_start_failed", actor=slot.name, error=str(exc))
-            self._slots.remove(slot)
-            if self._start_failures >= self._options.max_actor_start_failures:
-                raise DmsweepError(f"worker actors fail to start: {_one_line(str(exc))}") from None
-            self._start_actor()
-            return
         except ray.exceptions.RayError as exc:
             self._slots.remove(slot)
             self._events.write("actor_start_failed", actor=slot.name, error=str(exc))
-            self._start_actor()
+            # An exception in the actor's setup (the recipe's dataset load) will
+            # happen again on every actor: give up after a few in a row. Any
+            # other start failure (its node died) is the cluster's, not the recipe's.
+            setup_failed = isinstance(exc, ray.exceptions.RayTaskError) or (
+                isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed
+            )
+            if setup_failed:
+                self._start_failures += 1
+                if self._start_failures >= self._options.max_actor_start_failures:
+                    raise DmsweepError(
+                        f"worker actors fail in their setup ({self._start_failures} in a row): {_one_line(str(exc))}"
+                    ) from None
+            if self._has_work() or not self._slots:
+                self._start_actor()
             return
         slot.ready_ref = None
         slot.node_ip = str(info["node_ip"])
@@ -335,30 +458,30 @@ class SweepDriver:
             receipt: BlockReceipt = ray.get(head.ref)
         except ray.exceptions.RayTaskError as exc:
             # The recipe (or the write) raised: the actor is fine, the block is not.
-            slot.queue.popleft()
-            if slot.queue:
-                slot.queue[0].started_at = self._clock()
-            self._block_attempt_failed(head.block_id, _format_task_error(exc), node=slot.node_ip)
+            self._pop_head(slot)
+            self._block_attempt_failed(head.block_id, _format_task_error(exc), node=slot.node_ip, kind="error")
             return
         except ray.exceptions.RayError as exc:
-            self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {_one_line(str(exc))}")
+            # The actor died (its process crashed, or its node was lost).
+            self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {_one_line(str(exc))}", kind="worker_lost")
             return
-        slot.queue.popleft()
-        if slot.queue:
-            slot.queue[0].started_at = self._clock()
+        self._pop_head(slot)
         self._block_completed(receipt)
 
     def _check_deadlines(self, timeout: float) -> None:
         now = self._clock()
         for slot in list(self._slots):
-            if slot.queue and slot.queue[0].started_at is not None and now - slot.queue[0].started_at > timeout:
-                self._drop_actor(slot, f"block {slot.queue[0].block_id} timed out after {timeout:g}s")
+            head = slot.queue[0] if slot.queue else None
+            if head is not None and head.started_at is not None and now - head.started_at > timeout:
+                # Kill rather than cancel: a hung recipe ignores cancellation, and
+                # a task on a lost node may never answer at all.
+                self._drop_actor(slot, f"block {head.block_id} timed out after {timeout:g}s", kind="timeout")
 
 
 def _format_task_error(exc: ray.exceptions.RayTaskError) -> str:
-    """The worker's traceback, as the ledger keeps it for `dmsweep status`."""
-    cause = exc.cause if getattr(exc, "cause", None) is not None else None
-    if cause is not None:
-        text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-        return text.strip() or repr(cause)
-    return str(exc)
+    """The worker's traceback, as the ledger keeps it for `dmsweep status`.
+
+    The exception Ray hands back has lost its ``__traceback__`` in transit; its
+    text keeps the remote traceback, headed by the task, pid and node.
+    """
+    return _ANSI.sub("", str(exc)).strip()
