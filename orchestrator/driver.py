@@ -281,14 +281,14 @@ class SweepDriver:
             if self._progress:
                 self._progress.block_failed()
 
-    def _block_completed(self, receipt: BlockReceipt) -> None:
+    def _block_completed(self, receipt: BlockReceipt, slot: _Slot) -> None:
         attempts = self._attempts.pop(receipt.block_id, 0) + 1
         self._ledger.mark_complete(
             receipt.block_id, checksum=receipt.checksum, seconds=receipt.seconds, node=receipt.node, attempts=attempts
         )
         self._newly_completed += 1
         self._events.write(
-            "block_completed", block=receipt.block_id, node=receipt.node, pid=receipt.pid,
+            "block_completed", block=receipt.block_id, node=receipt.node, actor=slot.name, pid=receipt.pid,
             train_seconds=round(receipt.train_seconds, 4), write_seconds=round(receipt.write_seconds, 4),
             nbytes=receipt.nbytes, attempt=attempts,
         )
@@ -466,7 +466,7 @@ class SweepDriver:
             self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {_one_line(str(exc))}", kind="worker_lost")
             return
         self._pop_head(slot)
-        self._block_completed(receipt)
+        self._block_completed(receipt, slot)
 
     def _check_deadlines(self, timeout: float) -> None:
         now = self._clock()
