@@ -205,8 +205,8 @@ def main() -> None:
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
-    command: Annotated[list[str], typer.Argument(help="The dmsweep command to run as the job, after '--' (run SPEC, fit STORE --name N...).")],
     address: Annotated[str, typer.Option(help="The cluster's dashboard address, http://HEAD:8265.", envvar="RAY_API_SERVER_ADDRESS")],
+    command: Annotated[list[str] | None, typer.Argument(help="The dmsweep command to run as the job, after '--' (run SPEC, fit STORE --name N...).")] = None,
     follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends; exit with its status.")] = False,
     working_dir: Annotated[Path | None, typer.Option(help="Directory shipped as the job's working_dir (default: this checkout).")] = None,
     ship: Annotated[bool, typer.Option(help="Ship the code with the job; --no-ship uses the dmsweep installed on the cluster.")] = True,
@@ -217,7 +217,7 @@ def submit(
     from orchestrator.submit import default_working_dir, follow_job, submit_command
 
     ship_dir = (working_dir or default_working_dir()) if ship else None
-    job = _call(lambda: submit_command(address, command, working_dir=ship_dir, submission_id=submission_id))
+    job = _call(lambda: submit_command(address, command or [], working_dir=ship_dir, submission_id=submission_id))
     data: dict[str, Any] = {"job_id": job.job_id, "address": job.address, "entrypoint": job.entrypoint,
                             "working_dir": job.working_dir}
     if not as_json:
