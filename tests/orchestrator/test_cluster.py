@@ -1,0 +1,132 @@
+"""The driver on a 3-node fake cluster (``ray.cluster_utils.Cluster``) with fake GPUs.
+
+The cluster runs in a subprocess so that it never meets the session's Ray. One
+cluster serves three checks: per-node slot counting for fractional GPUs, a
+64-block sweep spread over every node with every block done once, and a sweep
+that loses a node mid-way and still completes every block exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = r'''
+import json, sys, threading, time
+from collections import Counter
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from orchestrator.api import run_sweep
+from orchestrator.driver import DriverOptions, worker_slots
+from orchestrator.spec import ResourcesSpec, parse_spec
+from storage.events import read_events
+from storage.sweep_store import SweepStore
+
+tmp = Path(sys.argv[1])
+# Fast health checks: a removed node is declared dead in about a second.
+system_config = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
+                 "health_check_failure_threshold": 3}
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 1, "num_gpus": 1, "include_dashboard": False, "_system_config": system_config})
+workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+out = {}
+try:
+    out["slots"] = {
+        "half_gpu": worker_slots(ResourcesSpec(num_cpus=0.5, num_gpus=0.5)),
+        "cpu_bound": worker_slots(ResourcesSpec(num_cpus=1, num_gpus=0.4)),
+        "quarter": worker_slots(ResourcesSpec(num_cpus=0.25, num_gpus=0.4)),
+        "whole": worker_slots(ResourcesSpec(num_cpus=1, num_gpus=1)),
+    }
+
+    def sweep(name, num_blocks, sleep):
+        return parse_spec({
+            "store": str(tmp / name), "alpha": 0.5, "num_models": 4 * num_blocks, "block": 4, "seed": 3,
+            "recipe": {"name": "noop", "params": {"n_train": 64, "n_test": 16, "n_classes": 10, "sleep": sleep}},
+            "resources": {"num_cpus": 1, "num_gpus": 1}, "retries": 2, "timeout_s": 30,
+        })
+
+    def summary(store_path):
+        events = list(read_events(store_path))
+        actor_node = {e["actor"]: e["node_id"] for e in events if e["event"] == "actor_started"}
+        done = [e for e in events if e["event"] == "block_completed"]
+        store = SweepStore.open(store_path)
+        return {
+            "completed": store.ledger.completed_blocks().tolist(),
+            "num_blocks": store.num_blocks,
+            "completions_per_block": sorted(Counter(e["block"] for e in done).values()),
+            "blocks_per_node": Counter(actor_node[e["actor"]] for e in done),
+            "lost_actor_nodes": sorted({actor_node.get(e["actor"], "?") for e in events if e["event"] == "actor_lost"}),
+            "retried": [e for e in events if e["event"] == "block_retried"],
+        }
+
+    result = run_sweep(sweep("spread.zarr", 64, 0.02), progress=False)
+    out["spread"] = {**summary(tmp / "spread.zarr"), "done": result.done, "actors": result.actors}
+
+    # A node removed mid-sweep: its blocks are redone on the others.
+    spec = sweep("lost.zarr", 36, 0.3)
+    doomed = workers[1]
+    doomed_id = doomed.node_id
+
+    def remove_when_started():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if SweepStore.open(spec.store).ledger.completed_blocks().size >= 6:
+                    break
+            except Exception:
+                pass  # not created yet
+            time.sleep(0.1)
+        cluster.remove_node(doomed, allow_graceful=False)
+
+    killer = threading.Thread(target=remove_when_started)
+    killer.start()
+    result = run_sweep(spec, progress=False, options=DriverOptions(actor_start_timeout_s=60))
+    killer.join()
+    out["lost"] = {**summary(tmp / "lost.zarr"), "done": result.done, "doomed": doomed_id,
+                   "failed": result.failed_blocks}
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_three_node_cluster_spreads_blocks_and_survives_a_lost_node(tmp_path: Path) -> None:
+    script = tmp_path / "cluster_sweep.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+
+    # Slots are counted node by node: fractions never straddle nodes, CPUs bound them too.
+    assert out["slots"] == {"half_gpu": 6, "cpu_bound": 3, "quarter": 6, "whole": 3}
+
+    spread = out["spread"]
+    assert spread["done"] and spread["completed"] == list(range(64))
+    assert spread["completions_per_block"] == [1] * 64  # every block done once
+    assert len(spread["blocks_per_node"]) == 3, spread["blocks_per_node"]  # on every node
+
+    lost = out["lost"]
+    assert lost["done"] and not lost["failed"]
+    assert lost["completed"] == list(range(36))
+    assert lost["completions_per_block"] == [1] * 36  # nothing lost, nothing ledgered twice
+    assert lost["lost_actor_nodes"] == [lost["doomed"]]
+    redone = [r for r in lost["retried"] if r["kind"] == "worker_lost"]
+    assert redone, "the lost node's running block was retried"
+    assert all(r["attempt"] == 1 for r in redone)
+    assert set(lost["blocks_per_node"]) >= {n for n in spread["blocks_per_node"] if n != lost["doomed"]}

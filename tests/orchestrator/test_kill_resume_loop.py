@@ -1,0 +1,98 @@
+"""The driver SIGKILLed at random points, again and again, then resumed to the end.
+
+Each kill lands wherever it lands: during start-up, store creation, actor
+set-up, between a chunk write and its ledger entry, or mid-ledger. The final
+store must hold every row exactly once and equal an uninterrupted run's store.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from orchestrator.api import load_spec, run_sweep
+from storage.events import read_events
+from storage.lease import read_lease
+from storage.sweep_store import SweepStore, is_sweep_store
+from storage.verify import verify_store
+from workers.masks import block_masks
+
+SPEC = {
+    "recipe": {"name": "noop", "params": {"n_train": 40, "n_test": 10, "n_classes": 10, "sleep": 0.5}},
+    "alpha": 0.5,
+    "num_models": 200,
+    "block": 2,
+    "seed": 5,
+    "timeout_s": 60,
+}
+KILLS = 10
+DMSWEEP = str(Path(sys.executable).with_name("dmsweep"))
+
+
+def write_spec(path: Path, store: Path, *, sleep: float | None = None) -> Path:
+    spec = {**SPEC, "store": str(store)}
+    if sleep is not None:  # the recipe's outputs never depend on how long it sleeps
+        spec["recipe"] = {**SPEC["recipe"], "params": {**SPEC["recipe"]["params"], "sleep": sleep}}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def completed(store: Path) -> int:
+    return int(SweepStore.open(store).ledger.completed_blocks().size) if is_sweep_store(store) else 0
+
+
+@pytest.mark.slow
+def test_sigkilled_driver_resumes_to_an_identical_store(ray_session, tmp_path: Path) -> None:
+    store_path = tmp_path / "killed.zarr"
+    spec_path = write_spec(tmp_path / "killed.yaml", store_path)
+    address = ray_session.get_runtime_context().gcs_address
+    command = [DMSWEEP, "run", str(spec_path), "--address", address, "--no-progress"]
+    rng = random.Random(20240501)
+    num_blocks = SPEC["num_models"] // SPEC["block"]
+    kills = 0
+    progress_at_kill = []
+    while kills < KILLS:
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Start-up (interpreter, Ray connect, actor set-up) takes a couple of
+        # seconds here; kill points spread over it and over the sweep itself.
+        try:
+            driver.wait(timeout=rng.uniform(0.5, 3.5))
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            driver.wait()  # reaped: its pid is dead, so its lease is abandoned
+            kills += 1
+            progress_at_kill.append(completed(store_path))
+            continue
+        # It finished before its kill: the sweep was too short for the kills asked.
+        assert driver.returncode == 0, driver.stderr.read().decode()[-2000:]
+        break
+    assert kills >= KILLS, f"the sweep finished after only {kills} kills; make it longer"
+    assert progress_at_kill[-1] < num_blocks
+    assert len(set(progress_at_kill)) > 2, progress_at_kill  # kills landed at different points
+
+    result = run_sweep(load_spec(spec_path), progress=False)
+    assert result.done and not result.failed_blocks
+    assert read_lease(store_path) is None
+
+    store = SweepStore.open(store_path)
+    assert store.completed_rows().tolist() == list(range(SPEC["num_models"]))
+    assert verify_store(store).ok
+    assert np.array_equal(store.read("masks", slice(None)), block_masks(5, range(SPEC["num_models"]), 40, 0.5))
+    # A block is ledgered once: after that no run trains it again.
+    completions = Counter(e["block"] for e in read_events(store_path) if e["event"] == "block_completed")
+    assert max(completions.values()) == 1
+
+    fresh_path = tmp_path / "fresh.zarr"
+    assert run_sweep(load_spec(write_spec(tmp_path / "fresh.yaml", fresh_path, sleep=0.0)), progress=False).done
+    fresh = SweepStore.open(fresh_path)
+    for name in ("masks", "margins/test"):
+        assert np.array_equal(store.read(name, slice(None)), fresh.read(name, slice(None))), name
+    assert np.array_equal(store.ledger.table()["checksum"], fresh.ledger.table()["checksum"])

@@ -1,0 +1,146 @@
+"""One driver per store (the lease), resume refusing another spec, and extend-then-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from orchestrator.api import extend_sweep, load_spec, run_sweep
+from storage.errors import LeaseHeldError
+from storage.events import read_events
+from storage.lease import LEASE_FILE, read_lease
+from storage.sweep_store import SweepStore
+
+BASE = {
+    "recipe": {"name": "noop", "params": {"n_train": 48, "n_test": 12, "n_classes": 10, "sleep": 0.0}},
+    "alpha": 0.5,
+    "num_models": 16,
+    "block": 4,
+    "seed": 11,
+    "timeout_s": 60,
+}
+DMSWEEP = str(Path(sys.executable).with_name("dmsweep"))
+
+
+def write_spec(path: Path, store: Path, **changes: object) -> Path:
+    spec = {**BASE, "store": str(store), **changes}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DMSWEEP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_second_driver_is_refused_while_the_first_runs(ray_session, tmp_path: Path) -> None:
+    store = tmp_path / "sweep.zarr"
+    slow = {**BASE["recipe"], "params": {**BASE["recipe"]["params"], "sleep": 0.5}}
+    spec_path = write_spec(tmp_path / "spec.yaml", store, recipe=slow, num_models=24)
+    address = ray_session.get_runtime_context().gcs_address
+    first = subprocess.Popen([DMSWEEP, "run", str(spec_path), "--address", address, "--no-progress"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while read_lease(store) is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert read_lease(store) is not None, "the first driver never took the lease"
+
+        with pytest.raises(LeaseHeldError, match="holds the lease"):
+            run_sweep(load_spec(spec_path), progress=False)
+        second = cli("run", str(spec_path), "--no-progress")
+        assert second.returncode == 2
+        assert "holds the lease" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert first.poll() is None, "the refused drivers must not disturb the first"
+        assert first.wait(timeout=120) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert read_lease(store) is None  # released on a clean exit
+    assert SweepStore.open(store).ledger.completed_blocks().size == 6
+
+
+def test_stale_and_abandoned_leases_are_taken_over_and_extend_fills_only_new_blocks(
+    ray_session, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "sweep.zarr"
+    spec_path = write_spec(tmp_path / "spec.yaml", store_path)
+    assert run_sweep(load_spec(spec_path), progress=False).done
+    store = SweepStore.open(store_path)
+    old_masks = store.read("masks", slice(0, 16))
+    old_margins = store.read("margins/test", slice(0, 16))
+    old_ledger = store.ledger.table()
+
+    # A driver that died on this host without releasing: taken over at once.
+    lease = {"holder": "x", "host": socket.gethostname(), "pid": dead_pid(), "heartbeat": time.time(), "ttl_s": 30.0}
+    (store_path / LEASE_FILE).write_text(json.dumps(lease))
+    grown = cli("extend", str(store_path), "--num-models", "24", "--json")
+    assert grown.returncode == 0, grown.stderr
+    assert json.loads(grown.stdout)["num_models"] == 24
+
+    # A driver on another host whose heartbeat stopped long ago: taken over (stale).
+    lease = {"holder": "y", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 120, "ttl_s": 30.0}
+    (store_path / LEASE_FILE).write_text(json.dumps(lease))
+    # A fresh one from another host is respected.
+    # The spec must now say 24 (a smaller num_models than the store's is refused: test_cli_inputs).
+    extended = load_spec(write_spec(tmp_path / "extended.yaml", store_path, num_models=24))
+    fresh = {**lease, "heartbeat": time.time()}
+    (store_path / LEASE_FILE).write_text(json.dumps(fresh))
+    with pytest.raises(LeaseHeldError):
+        run_sweep(extended, progress=False)
+    (store_path / LEASE_FILE).write_text(json.dumps(lease))
+
+    events_before = len(list(read_events(store_path)))
+    result = run_sweep(extended, progress=False)
+    assert result.done and result.num_models == 24 and result.newly_completed_blocks == 2
+
+    store = SweepStore.open(store_path)
+    assert store.completed_rows().tolist() == list(range(24))
+    assert np.array_equal(store.read("masks", slice(0, 16)), old_masks)
+    assert np.array_equal(store.read("margins/test", slice(0, 16)), old_margins)
+    table = store.ledger.table()
+    for name in ("finished_at", "checksum", "attempts"):
+        assert np.array_equal(table[name][:4], old_ledger[name][:4]), name
+    redone = [e["block"] for e in list(read_events(store_path))[events_before:] if e["event"] == "block_completed"]
+    assert sorted(redone) == [4, 5]
+    assert np.any(store.read("margins/test", slice(16, 24)) != 0)
+
+    # A spec with a larger num_models is the one allowed change: run grows the store.
+    bigger = write_spec(tmp_path / "bigger.yaml", store_path, num_models=32)
+    result = run_sweep(load_spec(bigger), progress=False)
+    assert result.done and result.num_models == 32 and result.newly_completed_blocks == 2
+
+
+def test_resume_with_a_different_spec_names_the_fields_and_exits_2(tmp_path: Path) -> None:
+    store = tmp_path / "sweep.zarr"
+    assert cli("init", str(write_spec(tmp_path / "a.yaml", store))).returncode == 0
+    before = sorted(p.name for p in store.iterdir())
+    changed = write_spec(tmp_path / "b.yaml", store, alpha=0.25, seed=12,
+                         recipe={"name": "noop", "params": {**BASE["recipe"]["params"], "n_test": 13}})
+    proc = cli("run", str(changed), "--no-progress")
+    assert proc.returncode == 2
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1
+    for field in ("alpha: 0.5 -> 0.25", "seed: 11 -> 12", "recipe.params.n_test: 12 -> 13"):
+        assert field in message, message
+    assert sorted(p.name for p in store.iterdir()) == before
+    assert not (store / LEASE_FILE).exists()
+
+    smaller = cli("run", str(write_spec(tmp_path / "c.yaml", store, num_models=8)), "--no-progress")
+    assert smaller.returncode == 2 and "can only grow" in smaller.stderr
+    assert os.path.isdir(store)
