@@ -232,3 +232,7 @@ def submit(
         f"job {job.job_id} {data.get('status', 'submitted')} on {address}", highlight=False, markup=False))
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from orchestrator import cli_regression as _cli_regression  # noqa: E402,F401  (fit, eval, import-npy, export)
