@@ -482,6 +482,14 @@ def _format_task_error(exc: ray.exceptions.RayTaskError) -> str:
     """The worker's traceback, as the ledger keeps it for `dmsweep status`.
 
     The exception Ray hands back has lost its ``__traceback__`` in transit; its
-    text keeps the remote traceback, headed by the task, pid and node.
+    text keeps the remote frames under a first line naming the task, pid and
+    node. That line is kept, the frames get Python's usual header, and the
+    ``^^^^`` column markers (noise outside a terminal) go.
     """
-    return _ANSI.sub("", str(exc)).strip()
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    if not lines:
+        return repr(exc)
+    frames = [line for line in lines[1:] if line.strip().strip("^~")]
+    if frames and not frames[0].startswith("Traceback"):
+        frames.insert(0, "Traceback (most recent call last):")
+    return "\n".join([lines[0], *frames])
