@@ -214,6 +214,13 @@ def fit_datamodels(
         "refit": bool(refit),
     }
     n_targets = len(target_range)
+    # Refuse a memory bound no shard can meet before anything is written; each
+    # shard plans again in its own process.
+    config_rows = min(config.batch_size, fit_rows.size) + store.block
+    plan_memory(
+        n_rows=int(fit_rows.size), n_features=dataset.n_train, n_targets=math.ceil(n_targets / shards),
+        output_width=width, batch_rows=config_rows, device=resolve_device(device), max_memory=max_memory,
+    )
     writable = SweepStore.open(store_path, mode="r+")
     group = _open_or_create(writable.group, name, description, n_targets, dataset.n_train, shards, overwrite)
     chunk = int(group.attrs["datamodels"]["target_chunk"])  # type: ignore[index]

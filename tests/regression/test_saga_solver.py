@@ -1,0 +1,213 @@
+"""The SAGA path solver against scikit-learn, on tensors (no store)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Lasso
+
+from regression import SagaLassoPath, saga_lasso_path
+from storage.errors import InputError
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mu, sd = x.mean(0), x.std(0)
+    return (x - mu) / sd, mu, sd
+
+
+def _objective(xs: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, lam: float) -> float:
+    return 0.5 * float(np.mean((y - xs @ w - b) ** 2)) + lam * float(np.abs(w).sum())
+
+
+def _data(kind: str, n: int = 300, n_features: int = 40, n_targets: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, n_features)) < 0.5
+    if kind == "random":
+        y = rng.normal(size=(n, n_targets)) + 0.3 * (x[:, :n_targets] - 0.5)
+        return x, y, None
+    beta = np.zeros((n_features, n_targets))
+    support = [rng.choice(n_features, size=4, replace=False) for _ in range(n_targets)]
+    for t, s in enumerate(support):
+        beta[s, t] = rng.choice([-1, 1], size=4) * rng.uniform(1, 2, size=4)
+    y = x @ beta + 0.05 * rng.normal(size=(n, n_targets)) + 3.0
+    return x, y, support
+
+
+@pytest.mark.parametrize("kind", ["random", "planted"])
+def test_objective_matches_sklearn_lasso(kind: str) -> None:
+    x, y, support = _data(kind)
+    xs, mu, sd = _standardise(x.astype(np.float64))
+    lam = 0.02 if kind == "random" else 0.05
+    result = saga_lasso_path(x, y, alphas=[lam], lr="auto", tol=1e-10, max_epochs=3000,
+                             batch_size=100, device="cpu", dtype="float64")
+    assert result.n_unconverged.sum() == 0
+    for t in range(y.shape[1]):
+        ref = Lasso(alpha=lam, tol=1e-12, max_iter=100_000).fit(xs, y[:, t])
+        # raw-space output back to standardised coordinates
+        w_std = result.weight[:, t].astype(np.float64) * sd
+        b = float(result.bias[t]) + float(mu @ result.weight[:, t])
+        ours = _objective(xs, y[:, t], w_std, b, lam)
+        theirs = _objective(xs, y[:, t], ref.coef_, ref.intercept_, lam)
+        assert abs(ours - theirs) <= 1e-4 * theirs
+        # raw-space prediction equals sklearn's on standardised inputs
+        np.testing.assert_allclose(result.predict(x)[:, t], ref.predict(xs), atol=1e-3)
+        if support is not None:
+            assert set(np.flatnonzero(np.abs(result.weight[:, t]) > 1e-6)) == set(support[t])
+
+
+def test_float32_default_lr_converges_to_sklearn() -> None:
+    """The published lr (5e-3) and float32: slower, still the same optimum."""
+    x, y, _ = _data("planted", n=200, n_features=20, n_targets=2)
+    xs, mu, sd = _standardise(x.astype(np.float64))
+    result = saga_lasso_path(x, y, alphas=[0.05], tol=1e-7, max_epochs=3000, batch_size=50, device="cpu")
+    assert result.step_size == pytest.approx(5e-3)
+    for t in range(2):
+        ref = Lasso(alpha=0.05, tol=1e-12, max_iter=100_000).fit(xs, y[:, t])
+        ours = _objective(xs, y[:, t], result.weight[:, t] * sd, float(result.bias[t] + mu @ result.weight[:, t]), 0.05)
+        theirs = _objective(xs, y[:, t], ref.coef_, ref.intercept_, 0.05)
+        assert abs(ours - theirs) <= 1e-4 * theirs
+
+
+def test_huge_lr_is_capped_and_converges() -> None:
+    x, y, support = _data("planted", n=200, n_features=20, n_targets=2)
+    result = saga_lasso_path(x, y, alphas=[0.05], lr=100.0, tol=1e-8, max_epochs=2000, batch_size=50, device="cpu")
+    assert result.step_size < 1.0 / (3 * result.lipschitz) * 1.0001
+    assert np.isfinite(result.weight).all()
+    for t in range(2):
+        assert set(np.flatnonzero(np.abs(result.weight[:, t]) > 1e-4)) == set(support[t])
+
+
+def test_lambda_max_zeroes_weights_and_grid_is_geometric() -> None:
+    x, y, _ = _data("random", n=200, n_features=20)
+    result = saga_lasso_path(x, y, n_alphas=5, eps=1e-2, lr="auto", device="cpu", max_epochs=200)
+    xs, _, _ = _standardise(x.astype(np.float64))
+    lam_max = np.abs(xs.T @ (y - y.mean(0))).max(0) / len(y)
+    np.testing.assert_allclose(result.lambdas[0], lam_max, rtol=1e-5)
+    np.testing.assert_allclose(result.lambdas[-1], lam_max * 1e-2, rtol=1e-5)
+    at_max = saga_lasso_path(x, y, alphas=lam_max.astype(np.float32)[None, :] * 1.0001, device="cpu")
+    assert (at_max.nnz == 0).all()
+
+
+def test_chosen_lambda_within_one_step_of_exact_validation_optimum() -> None:
+    rng = np.random.default_rng(3)
+    x_all = rng.random((500, 30)) < 0.5
+    beta = np.zeros((30, 4))
+    beta[:6] = rng.normal(0, 0.3, size=(6, 4))
+    y_all = x_all @ beta + rng.normal(0, 1.0, size=(500, 4))
+    x, y, xv, yv = x_all[:350], y_all[:350], x_all[350:], y_all[350:]
+    k = 12
+    result = saga_lasso_path(x, y, X_val=xv, Y_val=yv, n_alphas=k, eps=1e-3, lr="auto", tol=1e-8,
+                             max_epochs=2000, patience=k, batch_size=100, device="cpu", dtype="float64")
+    xs, mu, sd = _standardise(x.astype(np.float64))
+    xvs = (xv - mu) / sd
+    for t in range(4):
+        mses = []
+        for lam in result.lambdas[:, t]:
+            ref = Lasso(alpha=float(lam), tol=1e-12, max_iter=100_000).fit(xs, y[:, t])
+            mses.append(np.mean((ref.predict(xvs) - yv[:, t]) ** 2))
+        assert abs(int(result.lam_index[t]) - int(np.argmin(mses))) <= 1
+        np.testing.assert_allclose(result.val_mse_path[:, t], mses, rtol=1e-3)
+
+
+def test_early_stopping_stops_targets_and_refit_uses_all_rows() -> None:
+    x, y, _ = _data("planted", n=400, n_features=30, n_targets=3)
+    kw = dict(n_alphas=40, eps=1e-5, lr="auto", patience=2, batch_size=100, device="cpu")
+    result = saga_lasso_path(x[:300], y[:300], X_val=x[300:], Y_val=y[300:], **kw)
+    stopped = np.isnan(result.val_mse_path[-1])
+    assert stopped.all()  # the path is far past the optimum well before λ_min
+    assert (result.lam_index < 39).all()
+    refit = saga_lasso_path(x[:300], y[:300], X_val=x[300:], Y_val=y[300:], refit=True, **kw)
+    assert refit.refit and refit.n_train == 300 and refit.n_val == 100
+    np.testing.assert_array_equal(refit.lam, result.lam)
+    resid = refit.predict(x) - y
+    assert np.mean(resid**2) < 0.02
+
+
+def test_zero_variance_columns_get_zero_weight() -> None:
+    x, y, _ = _data("planted", n=200, n_features=20, n_targets=2)
+    x = x.copy()
+    x[:, 3] = True
+    x[:, 7] = False
+    result = saga_lasso_path(x, y, alphas=[0.01], lr="auto", device="cpu")
+    assert (result.weight[[3, 7]] == 0).all()
+    np.testing.assert_allclose(result.predict(x).mean(0), y.mean(0), atol=1e-3)
+
+
+def test_coef_init_warm_start_reaches_same_solution() -> None:
+    x, y, _ = _data("planted", n=200, n_features=20, n_targets=2)
+    kw = dict(alphas=[0.05], lr="auto", tol=1e-9, max_epochs=2000, batch_size=50, device="cpu", dtype="float64")
+    cold = saga_lasso_path(x, y, **kw)
+    warm = saga_lasso_path(x, y, coef_init=cold.weight, **kw)
+    np.testing.assert_allclose(warm.weight, cold.weight, atol=1e-5)
+    assert warm.n_epochs.sum() < cold.n_epochs.sum()
+
+
+def test_estimator_sklearn_style() -> None:
+    x, y, support = _data("planted", n=300, n_features=20, n_targets=2)
+    est = SagaLassoPath(n_alphas=30, eps=1e-4, lr="auto", batch_size=100, device="cpu")
+    assert est.get_params()["n_alphas"] == 30 and not hasattr(est, "coef_")
+    est.fit(x[:250], y[:250], X_val=x[250:], Y_val=y[250:])
+    assert est.coef_.shape == (2, 20) and est.alphas_.shape == (30, 2) and est.mse_path_.shape == (30, 2)
+    np.testing.assert_allclose(est.predict(x[250:]), y[250:], atol=0.3)
+    with pytest.raises(InputError, match="eps"):
+        SagaLassoPath(eps=2.0).fit(x, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eps": 0.0}, "eps"),
+        ({"eps": 1.5}, "eps"),
+        ({"n_alphas": 0}, "n_alphas"),
+        ({"lr": -1.0}, "lr"),
+        ({"lr": "fast"}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"tol": float("nan")}, "tol"),
+        ({"alphas": [0.1, 0.2]}, "non-increasing"),
+        ({"alphas": [0.1, -0.2]}, "> 0"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_parameters_raise_input_error(kwargs: dict, match: str) -> None:
+    x, y, _ = _data("random", n=50, n_features=5)
+    with pytest.raises(InputError, match=match):
+        saga_lasso_path(x, y, **kwargs)
+
+
+def test_nan_targets_and_shape_mismatch_raise_input_error() -> None:
+    x, y, _ = _data("random", n=50, n_features=5)
+    bad = y.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        saga_lasso_path(x, bad, device="cpu")
+    with pytest.raises(InputError, match="share"):
+        saga_lasso_path(x[:40], y[:30], device="cpu")
+
+
+@pytest.mark.cuda
+def test_cpu_equals_cuda() -> None:
+    x, y, _ = _data("planted", n=600, n_features=50, n_targets=5)
+    kw = dict(X_val=x[500:], Y_val=y[500:], n_alphas=20, eps=1e-4, lr="auto", batch_size=200, tol=1e-6, max_epochs=500)
+    cpu = saga_lasso_path(x[:500], y[:500], device="cpu", **kw)
+    gpu = saga_lasso_path(x[:500], y[:500], device="cuda", **kw)
+    assert gpu.device.startswith("cuda")
+    np.testing.assert_array_equal(cpu.lam_index, gpu.lam_index)
+    np.testing.assert_allclose(cpu.weight, gpu.weight, atol=1e-4)
+    np.testing.assert_allclose(cpu.bias, gpu.bias, atol=1e-4)
+    np.testing.assert_allclose(cpu.val_mse, gpu.val_mse, rtol=1e-4)
+
+
+@pytest.mark.cuda
+def test_cuda_with_table_in_pinned_host_memory() -> None:
+    from regression.loader import TensorSource, split_batches
+    from regression.saga import SagaConfig, solve_source
+
+    x, y, _ = _data("planted", n=400, n_features=30, n_targets=3)
+    src = TensorSource(torch.from_numpy(x).cuda(), torch.from_numpy(y).float().cuda())
+    cfg = SagaConfig(n_alphas=10, eps=1e-3, lr="auto", batch_size=100)
+    train = split_batches(src.cut_points(), 0, 300, 100)
+    val = split_batches(src.cut_points(), 300, 400, 100)
+    on = solve_source(src, train=train, val=val, config=cfg, table_on_device=True)
+    off = solve_source(src, train=train, val=val, config=cfg, table_on_device=False)
+    np.testing.assert_allclose(on.weight, off.weight, atol=1e-6)
