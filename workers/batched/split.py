@@ -23,7 +23,7 @@ def run_in_parts(
     *,
     num_models: int,
     max_models: int | None = None,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], int]:
     """Train models ``0..num_models-1`` in consecutive parts and join the results.
 
     Models are independent, so training them in parts changes nothing but the
@@ -39,7 +39,8 @@ def run_in_parts(
 
     Returns
     -------
-    dict of arrays with first axis ``num_models``, concatenated in model order.
+    results : dict of arrays with first axis ``num_models``, in model order.
+    part_size : the part size that fit, to start the next block with.
     """
     part = num_models if max_models is None else max(1, min(max_models, num_models))
     results: list[dict[str, np.ndarray]] = []
@@ -56,4 +57,5 @@ def run_in_parts(
                 torch.cuda.empty_cache()
             continue
         start = stop
-    return {name: np.concatenate([r[name] for r in results], axis=0) for name in results[0]}
+    joined = {name: np.concatenate([r[name] for r in results], axis=0) for name in results[0]}
+    return joined, part

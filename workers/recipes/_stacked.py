@@ -69,6 +69,9 @@ class StackedRecipe(Recipe):
         super().__init__(params)
         self._device: torch.device | None = None
         self._tensors: dict[str, torch.Tensor] = {}
+        # The largest number of models that fit in memory at once, learnt from
+        # out-of-memory retries so later blocks do not pay for them again.
+        self._part_limit: int | None = None
 
     @abstractmethod
     def load_arrays(self) -> ArrayDataset:
@@ -111,12 +114,28 @@ class StackedRecipe(Recipe):
                 f"{n_train} training examples"
             )
         device = self._device
-        max_models = getattr(self.params, "models_per_pass", None)
-        return run_in_parts(
-            lambda part: self._train_part(masks[part], seeds[part], block.outputs, device=device),
-            num_models=masks.shape[0],
-            max_models=max_models,
-        )
+        limits = [v for v in (getattr(self.params, "models_per_pass", None), self._part_limit) if v is not None]
+        # Models train together only when their subsets have the same size (equal
+        # step counts). Generated masks always do; explicit masks files may not,
+        # so such blocks train one group of equal sizes after another.
+        sizes = masks.sum(axis=1)
+        results: dict[str, np.ndarray] = {}
+        for size in np.unique(sizes):
+            rows = np.flatnonzero(sizes == size)
+            part_results, part_size = run_in_parts(
+                lambda part, rows=rows: self._train_part(
+                    masks[rows[part]], seeds[rows[part]], block.outputs, device=device
+                ),
+                num_models=len(rows),
+                max_models=min(limits) if limits else None,
+            )
+            if part_size < len(rows):
+                self._part_limit = part_size
+            for name, values in part_results.items():
+                if name not in results:
+                    results[name] = np.empty((masks.shape[0], *values.shape[1:]), dtype=values.dtype)
+                results[name][rows] = values
+        return results
 
     def _train_part(
         self, masks: np.ndarray, seeds: np.ndarray, outputs: tuple[str, ...], *, device: torch.device
