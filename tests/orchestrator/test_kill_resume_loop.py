@@ -26,9 +26,9 @@ from storage.verify import verify_store
 from workers.masks import block_masks
 
 SPEC = {
-    "recipe": {"name": "noop", "params": {"n_train": 40, "n_test": 10, "n_classes": 10, "sleep": 0.5}},
+    "recipe": {"name": "noop", "params": {"n_train": 40, "n_test": 10, "n_classes": 10, "sleep": 0.25}},
     "alpha": 0.5,
-    "num_models": 200,
+    "num_models": 120,
     "block": 2,
     "seed": 5,
     "timeout_s": 60,
@@ -57,26 +57,26 @@ def test_sigkilled_driver_resumes_to_an_identical_store(ray_session, tmp_path: P
     command = [DMSWEEP, "run", str(spec_path), "--address", address, "--no-progress"]
     rng = random.Random(20240501)
     num_blocks = SPEC["num_models"] // SPEC["block"]
-    kills = 0
     progress_at_kill = []
-    while kills < KILLS:
+    for kill in range(KILLS):
         driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # Start-up (interpreter, Ray connect, actor set-up) takes a couple of
-        # seconds here; kill points spread over it and over the sweep itself.
-        try:
-            driver.wait(timeout=rng.uniform(0.5, 3.5))
-        except subprocess.TimeoutExpired:
-            driver.kill()
-            driver.wait()  # reaped: its pid is dead, so its lease is abandoned
-            kills += 1
-            progress_at_kill.append(completed(store_path))
-            continue
-        # It finished before its kill: the sweep was too short for the kills asked.
-        assert driver.returncode == 0, driver.stderr.read().decode()[-2000:]
-        break
-    assert kills >= KILLS, f"the sweep finished after only {kills} kills; make it longer"
-    assert progress_at_kill[-1] < num_blocks
-    assert len(set(progress_at_kill)) > 2, progress_at_kill  # kills landed at different points
+        if kill % 2 == 0:
+            # A random moment of start-up: interpreter, Ray connect, store, lease, actor set-up.
+            time.sleep(rng.uniform(0.2, 2.0))
+        else:
+            # Mid-sweep: once a random number of further blocks is ledgered, plus a
+            # random fraction of a block, so kills land between write and ledger too.
+            target = completed(store_path) + rng.randint(1, 4)
+            deadline = time.monotonic() + 60
+            while completed(store_path) < target and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.3))
+        assert driver.poll() is None, "the driver ended before its kill: " + driver.stderr.read().decode()[-2000:]
+        driver.kill()
+        driver.wait()  # reaped: its pid is dead, so its lease is abandoned
+        progress_at_kill.append(completed(store_path))
+    assert 0 < progress_at_kill[-1] < num_blocks, progress_at_kill
+    assert len(set(progress_at_kill)) > 3, progress_at_kill  # kills landed at different points
 
     result = run_sweep(load_spec(spec_path), progress=False)
     assert result.done and not result.failed_blocks
