@@ -1,0 +1,336 @@
+"""CLI commands over :mod:`analysis`: ``dmsweep analyze KIND STORE ...`` and ``dmsweep report STORE``.
+
+Registered on :data:`orchestrator.cli.app` when this module is imported. Each
+command parses its options, calls one library function, writes the result
+(JSON and figures) into ``--out`` (default ``<store>.analysis/<kind>/`` next to
+the store) and prints a summary, or the result as JSON with ``--json``. Bad
+input is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli import JsonFlag, _call, _emit, _out, app, parse_range
+from storage.errors import InputError
+
+__all__ = ["analyze_app"]
+
+analyze_app = typer.Typer(
+    name="analyze",
+    help="Applications of fitted datamodels: counterfactual, brittleness, neighbors, leakage, embed, lds-curve.",
+    no_args_is_help=True,
+)
+app.add_typer(analyze_app, name="analyze")
+
+StoreArg = Annotated[Path, typer.Argument(help="Sweep store holding the datamodels.")]
+NameOpt = Annotated[str | None, typer.Option(help="Datamodels name (default: the store's only datamodels).")]
+OutOpt = Annotated[
+    Path | None, typer.Option(help="Folder for the JSON result and figures (default: <store>.analysis/<kind>/).")
+]
+TargetsOpt = Annotated[
+    str | None, typer.Option(help="Targets (test examples, or train ones for train-margin datamodels): 3,17 or 0:100 or all.")
+]
+
+
+def _say(text: str) -> None:
+    """One line of human output: no rich markup (lists of indices look like it), no wrapping."""
+    _out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _finish(data: dict[str, Any], files: list[Path], as_json: bool, human: Any) -> None:
+    data = {**data, "files": [str(f) for f in files]}
+
+    def show() -> None:
+        human()
+        if files:
+            _say(f"wrote {len(files)} files to {files[0].parent}")
+
+    _emit(data, as_json, show)
+
+
+@analyze_app.command()
+def counterfactual(
+    store: StoreArg,
+    name: NameOpt = None,
+    targets: TargetsOpt = None,
+    remove: Annotated[str | None, typer.Option(help="Training examples removed from the full set: 3,17 or 0:50.")] = None,
+    remove_file: Annotated[Path | None, typer.Option(help="Removed examples: .npy of ints or bool mask, or a text file of ints.")] = None,
+    subset: Annotated[str | None, typer.Option(help="The training subset kept instead: indices or ranges.")] = None,
+    subset_file: Annotated[Path | None, typer.Option(help="The training subset kept, as a file.")] = None,
+    out: OutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Predicted margin of targets for a training subset or a set of removed examples, with error bars."""
+    from analysis.counterfactual import predict_counterfactual
+    from analysis.load import check_out_dir, datamodels_shape, parse_selection, prepare_out_dir
+
+    def call():  # type: ignore[no-untyped-def]
+        check_out_dir(out)
+        shape = datamodels_shape(store, name=name)
+        removed = parse_selection(remove, remove_file, size=shape.n_train, what="--remove")
+        kept = parse_selection(subset, subset_file, size=shape.n_train, what="--subset")
+        if targets is None:
+            raise InputError("give --targets (e.g. --targets 0,5 or --targets 0:10)")
+        chosen = _targets(targets, shape)
+        result = predict_counterfactual(store, name=shape.name, targets=chosen, removed=removed, subset=kept)
+        return result, result.write(prepare_out_dir(out, store, "counterfactual"))
+
+    result, files = _call(call)
+
+    def human() -> None:
+        what = (f"without {len(result.removed)} training examples" if result.mode == "removed"
+                else f"on a subset of {result.subset_size} training examples")
+        _say(f"{result.name}: predicted {result.output} {what} ({100 * result.subset_fraction:.1f}% of the "
+                   f"training set; fitted at {100 * result.fit_fraction:.0f}%), ± RMS residual on "
+                   f"{result.error_rows} {result.error_source}")
+        for t, p, s, f in zip(result.targets, result.predicted, result.std, result.full):
+            _say(f"  target {t:>6}: {p:+.3f} ± {s:.3f}  ({'correct' if p > 0 else 'wrong'}; "
+                       f"full training set {f:+.3f})")
+
+    _finish(result.to_dict(), files, as_json, human)
+
+
+def _targets(text: str | None, shape: Any) -> Any:
+    from analysis.load import parse_indices
+
+    return parse_indices(text, size=shape.targets.stop, lo=shape.targets.start, what="--targets")
+
+
+@analyze_app.command()
+def brittleness(
+    store: StoreArg,
+    name: NameOpt = None,
+    targets: TargetsOpt = None,
+    max_k: Annotated[int | None, typer.Option(help="Largest removal set considered (default: no limit).")] = None,
+    verify: Annotated[bool, typer.Option(help="Retrain models without each candidate set to check the flips.")] = False,
+    verify_targets: Annotated[int, typer.Option(help="Candidates retrained, smallest removal sets first.")] = 10,
+    seeds: Annotated[int, typer.Option(help="Models per candidate (and full-set control models).")] = 3,
+    seed: Annotated[int, typer.Option(help="Base seed of the retraining sweep.")] = 0,
+    address: Annotated[str | None, typer.Option(help="Ray cluster for --verify (default: a local Ray).")] = None,
+    out: OutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Smallest predicted removal set that flips each target's prediction; --verify retrains to check."""
+    from analysis.brittleness import brittleness as predict
+    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
+    from analysis.verify import plan_verification, verify_brittleness
+
+    def call():  # type: ignore[no-untyped-def]
+        check_out_dir(out)
+        shape = datamodels_shape(store, name=name)
+        chosen = _targets(targets, shape)
+        result = predict(store, name=shape.name, targets=chosen, max_k=max_k)
+        folder = Path(out) if out is not None else None
+        if verify:
+            from analysis.load import default_out_dir
+
+            where = folder if folder is not None else default_out_dir(store, "brittleness")
+            plan_verification(result, out_dir=where, seeds=seeds, max_targets=verify_targets, seed=seed)
+        directory = prepare_out_dir(out, store, "brittleness")
+        if verify:
+            outcome = verify_brittleness(result, out_dir=directory, seeds=seeds, max_targets=verify_targets,
+                                         seed=seed, address=address)
+            result.verification = outcome.to_dict()
+        return result, result.write(directory)
+
+    result, files = _call(call)
+
+    def human() -> None:
+        n = len(result.targets)
+        _say(f"{result.name}: {result.n_flippable}/{n} targets flippable by removing at most {result.max_k} "
+                   f"training examples (median set size {result.median_size})")
+        for k in (1, 5, 10, 50, 100, 500):
+            if k <= result.max_k:
+                _say(f"  removing <= {k:>3}: {100 * result.curve_fraction[k - 1]:5.1f}% of targets flip")
+        for t in result.targets[:10]:
+            size = "no flip" if t.size is None else f"{t.size} examples {t.removal[:8]}{'...' if t.size > 8 else ''}"
+            _say(f"  target {t.target:>6} (full {t.full:+.2f}): {size}")
+        if result.verification:
+            v = result.verification
+            _say(f"verified by retraining {v['seeds']} models per candidate: {v['n_confirmed']}/"
+                       f"{v['n_candidates']} predicted flips confirmed ({100 * v['confirmation_rate']:.0f}%; "
+                       f"{100 * v['flip_fraction']:.0f}% of models flipped; controls agree "
+                       f"{100 * v['control_agreement']:.0f}%)")
+
+    _finish(result.to_dict(), files, as_json, human)
+
+
+@analyze_app.command()
+def neighbors(
+    store: StoreArg,
+    name: NameOpt = None,
+    targets: Annotated[str, typer.Option(help="Targets: 3,17 or 0:4.")] = "0",
+    k: Annotated[int, typer.Option("--k", help="Training examples per sign.")] = 8,
+    out: OutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Training examples with the largest positive and negative weights of each target, with a figure."""
+    from analysis.inputs import load_examples
+    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
+    from analysis.neighbors import nearest_training_examples
+    from storage.sweep_store import SweepStore
+
+    def call():  # type: ignore[no-untyped-def]
+        check_out_dir(out)
+        shape = datamodels_shape(store, name=name)
+        chosen = _targets(targets, shape)
+        examples = load_examples(SweepStore.open(store))
+        result = nearest_training_examples(store, name=shape.name, targets=chosen, k=k, examples=examples)
+        return result, result.write(prepare_out_dir(out, store, "neighbors"), examples)
+
+    result, files = _call(call)
+
+    def human() -> None:
+        for entry in result.targets:
+            _say(f"{result.target_split} example {entry.target} (label {entry.label}):")
+            for sign, items in (("+", entry.positive), ("-", entry.negative)):
+                listed = ", ".join(f"#{n.train_index} (y={n.label}, {n.weight:+.3f})" for n in items) or "none"
+                _say(f"  {sign} {listed}")
+
+    _finish(result.to_dict(), files, as_json, human)
+
+
+@analyze_app.command()
+def leakage(
+    store: StoreArg,
+    name: NameOpt = None,
+    top: Annotated[int, typer.Option(help="Pairs listed.")] = 20,
+    figure_pairs: Annotated[int, typer.Option(help="Pairs drawn in the figure.")] = 8,
+    out: OutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train-test pairs whose datamodel weight is an outlier, ranked, with input distances and a figure."""
+    from analysis.inputs import load_examples
+    from analysis.leakage import find_leakage
+    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
+    from storage.sweep_store import SweepStore
+
+    def call():  # type: ignore[no-untyped-def]
+        check_out_dir(out)
+        if figure_pairs < 1:
+            raise InputError(f"--figure-pairs must be at least 1; got {figure_pairs}")
+        shape = datamodels_shape(store, name=name)
+        examples = load_examples(SweepStore.open(store))
+        result = find_leakage(store, name=shape.name, top=top, examples=examples)
+        return result, result.write(prepare_out_dir(out, store, "leakage"), examples, n_figure=figure_pairs)
+
+    result, files = _call(call)
+
+    def human() -> None:
+        scale = f" (median distance {result.median_distance:.2f})" if result.median_distance is not None else ""
+        _say(f"{result.name}: top {len(result.pairs)} of {result.n_scored} train-{result.target_split} "
+                   f"pairs by outlier score{scale}")
+        _say("  rank  train  target   weight  score  distance  closer")
+        for p in result.pairs:
+            d = "n/a" if p.distance is None else f"{p.distance:8.3f}"
+            _say(f"  {p.rank:>4}  {p.train_index:>5}  {p.target:>6}  {p.weight:+.3f}  {p.score:5.1f}  {d:>8}  "
+                       f"{'n/a' if p.distance_rank is None else p.distance_rank:>6}")
+
+    _finish(result.to_dict(), files, as_json, human)
+
+
+@analyze_app.command()
+def embed(
+    store: StoreArg,
+    name: NameOpt = None,
+    targets: TargetsOpt = None,
+    components: Annotated[int, typer.Option(help="PCA components.")] = 5,
+    clusters: Annotated[int, typer.Option(help="Spectral clusters.")] = 8,
+    extremes: Annotated[int, typer.Option(help="Targets shown at each end of a component / per cluster.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random state of the clustering.")] = 0,
+    out: OutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Normalised datamodel weights as embeddings: PCA components and spectral subpopulations."""
+    from analysis.embed import embed_datamodels
+    from analysis.inputs import load_examples
+    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
+    from storage.sweep_store import SweepStore
+
+    def call():  # type: ignore[no-untyped-def]
+        check_out_dir(out)
+        shape = datamodels_shape(store, name=name)
+        chosen = _targets(targets, shape)
+        examples = load_examples(SweepStore.open(store))
+        result = embed_datamodels(store, name=shape.name, targets=chosen, n_components=components,
+                                  n_clusters=clusters, n_extremes=extremes, seed=seed, examples=examples)
+        return result, result.write(prepare_out_dir(out, store, "embed"), examples)
+
+    result, files = _call(call)
+
+    def human() -> None:
+        _say(f"{result.name}: {len(result.targets)} {result.target_split} targets embedded "
+                   f"({len(result.excluded)} all-zero left out)")
+        for c in result.components:
+            _say(f"  PC{c.component + 1} ({100 * c.explained_variance_ratio:.1f}%): high {c.top[:6]}, "
+                       f"low {c.bottom[:6]}")
+        for c in result.clusters:
+            labels = ", ".join(f"{k}:{v}" for k, v in c.label_counts.items()) or "labels n/a"
+            _say(f"  cluster {c.cluster}: {c.size} targets ({labels}); central {c.central[:6]}")
+
+    _finish(result.to_dict(), files, as_json, human)
+
+
+@analyze_app.command(name="lds-curve")
+def lds_curve_command(
+    store: StoreArg,
+    name: NameOpt = None,
+    points: Annotated[str | None, typer.Option(help="Prefix sizes in models, e.g. 128,256,512 (default n/8,n/4,n/2).")] = None,
+    eval_store: Annotated[Path | None, typer.Option(help="A store of models on fresh subsets to evaluate on.")] = None,
+    eval_rows: Annotated[str | None, typer.Option(help="Held-out rows START:END (default: rows the fit did not use).")] = None,
+    targets: Annotated[str | None, typer.Option(help="Target columns A:B to fit and evaluate (a cheaper curve).")] = None,
+    device: Annotated[str, typer.Option(help="Device of the prefix fits: auto, cpu, cuda[:i].")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show the fits' progress.")] = True,
+    out: OutOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """LDS against the number of training models (refits on growing prefixes of the rows)."""
+    from analysis.lds_curve import lds_curve
+    from analysis.load import check_out_dir, prepare_out_dir
+
+    def call():  # type: ignore[no-untyped-def]
+        check_out_dir(out)
+        sizes = None
+        if points is not None:
+            try:
+                sizes = [int(p) for p in points.split(",") if p.strip()]
+            except ValueError:
+                raise InputError(f"--points must be model counts like 128,256,512; got {points!r}") from None
+            if not sizes:
+                raise InputError("--points is empty")
+        result = lds_curve(store, name=name, points=sizes, eval_store=eval_store,
+                           eval_rows=parse_range(eval_rows, option="--eval-rows"),
+                           targets=parse_range(targets, option="--targets"), device=device,
+                           progress=progress and not as_json)
+        return result, result.write(prepare_out_dir(out, store, "lds-curve"))
+
+    result, files = _call(call)
+
+    def human() -> None:
+        n_eval = sum(b - a for a, b in result.eval_rows)
+        _say(f"{result.name}: LDS on {n_eval} held-out models, targets {result.targets[0]}:{result.targets[1]}")
+        for p in result.points:
+            _say(f"  {p.n_models:>7} models: LDS {p.lds:.3f} (±{p.spearman_std:.3f}), Pearson {p.pearson:.3f}")
+
+    _finish(result.to_dict(), files, as_json, human)
+
+
+@app.command()
+def report(
+    store: Annotated[Path, typer.Argument(help="Sweep store with fitted datamodels.")],
+    name: NameOpt = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: <store>.analysis/report.html).")] = None,
+    lds_curve: Annotated[str, typer.Option(help="auto (recorded or computed), stored (only a recorded one) or skip.")] = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Write one self-contained HTML page: sweep summary, LDS curve, brittleness, neighbours, leakage, embedding."""
+    from analysis.report import build_report
+
+    result = _call(lambda: build_report(store, name=name, out=out, lds_curve_mode=lds_curve))  # type: ignore[arg-type]
+    _emit(result.to_dict(), as_json, lambda: _say(
+        f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.images} figures; sections: "
+        f"{', '.join(result.sections)})" + "".join(f"\n  note: {n}" for n in result.notes)))
