@@ -1,7 +1,8 @@
 """A test-only recipe with train–test leakage: digits whose training set holds copies of test examples.
 
-Used through the recipe protocol's ``package.module:Class`` form
-(``leaky_recipe:LeakyDigits``; tests/ is on the Ray workers' PYTHONPATH), so no
+Used through the recipe protocol's ``package.module:Class`` form as
+``tests.analysis.leaky_recipe:LeakyDigits``: Ray puts the driver's working
+directory (the repository root, where pytest runs) on its workers' path, so no
 built-in recipe is edited.
 """
 
