@@ -23,6 +23,7 @@ import random
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -100,7 +101,7 @@ class _Stack(nn.Module):
         )
         self.head = GroupedLinear(num_models, width * (_LENGTH // 4), _N_CLASSES)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)  # [B, K*w, 10]; model k's features are contiguous
         return self.head(h.reshape(h.shape[0], -1))
 
