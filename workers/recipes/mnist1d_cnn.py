@@ -51,7 +51,7 @@ class Mnist1dCnnParams(StackedParams):
     n_test: int = Field(_N_TEST, ge=1, le=_N_TEST, description="use the first n_test test signals")
 
 
-#: A cheaper parameter set for the quickstart demo: about 6 models/s on one CPU
+#: A cheaper parameter set for the quickstart demo: about 8 models/s on one CPU
 #: core in blocks of 64 and ~80% mean test accuracy at α=0.5 (defaults: ~0.9
 #: models/s, ~90%). Measured on a 2-core AMD EPYC VM, torch 2.15, one thread.
 QUICKSTART_PARAMS: dict[str, object] = {"epochs": 8, "width": 16, "batch_size": 32, "lr": 0.02}
