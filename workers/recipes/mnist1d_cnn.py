@@ -12,8 +12,8 @@ Network, per model (``w`` = ``width``)::
     conv(w→w, k=3, stride 2, pad 1) ReLU    length 10
     flatten → linear(10·w → 10)
 
-trained with Adam, a linear warmup then linear decay of the learning rate, and
-label smoothing. The defaults reach about 90% mean test accuracy at α=0.5; see
+trained with Adam and a linear warmup then linear decay of the learning rate
+(label smoothing optional). The defaults reach about 90% mean test accuracy at α=0.5; see
 :data:`QUICKSTART_PARAMS` for a cheaper set used by the quickstart demo.
 """
 
