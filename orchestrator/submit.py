@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,10 @@ def _auth_error(address: str, token: AuthToken | None, exc: Exception) -> InputE
     )
 
 
+#: How long a submission waits for a just-started head's job agent.
+AGENT_WAIT_S = 60.0
+
+
 def submit_command(
     address: str,
     command: Sequence[str],
@@ -198,12 +203,22 @@ def submit_command(
         runtime_env["excludes"] = list(WORKING_DIR_EXCLUDES)
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=submission_id)
-    except AuthenticationError as exc:
-        raise _auth_error(address, token, exc) from None
-    except RuntimeError as exc:  # the job server answered with an error status
-        raise DmsweepError(f"the Ray cluster at {address} refused the job: {exc}") from None
+    # A head that has just started answers 500 "No available agent" until its job
+    # agent registers (seconds); that is worth waiting for, any other refusal is not.
+    deadline = time.monotonic() + AGENT_WAIT_S
+    delay = 0.5
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=submission_id)
+            break
+        except AuthenticationError as exc:
+            raise _auth_error(address, token, exc) from None
+        except RuntimeError as exc:  # the job server answered with an error status
+            if "No available agent" in str(exc) and time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+                continue
+            raise DmsweepError(f"the Ray cluster at {address} refused the job: {exc}") from None
     return SubmittedJob(address=address, job_id=job_id, entrypoint=entrypoint,
                         working_dir=str(working_dir) if working_dir is not None else None)
 

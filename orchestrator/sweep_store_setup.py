@@ -53,16 +53,17 @@ def create_store(spec: SweepSpec) -> SweepStore:
 
 
 def check_store_matches(store: SweepStore, spec: SweepSpec) -> None:
-    """Refuse a spec whose identity fields differ from the stored one, or that shrinks the sweep."""
+    """Refuse a spec whose identity fields differ from the stored one.
+
+    ``num_models`` is not compared: a spec's is the least the sweep should
+    have. A larger one grows the store; a smaller one (the spec as written
+    before ``dmsweep extend``) runs the store as it is, never shrinking it.
+    """
     differences = spec_differences(stored_spec(store), spec)
     if differences:
         raise StoreMismatchError(
             f"store {str(store.path)!r} was made from a different spec ({'; '.join(differences)}); "
             "use a new store path, or the stored spec"
-        )
-    if spec.num_models < store.num_models:
-        raise StoreMismatchError(
-            f"spec has num_models={spec.num_models} but the store already holds {store.num_models}; num_models can only grow"
         )
 
 

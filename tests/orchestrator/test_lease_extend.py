@@ -97,8 +97,8 @@ def test_stale_and_abandoned_leases_are_taken_over_and_extend_fills_only_new_blo
     lease = {"holder": "y", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 120, "ttl_s": 30.0}
     (store_path / LEASE_FILE).write_text(json.dumps(lease))
     # A fresh one from another host is respected.
-    # The spec must now say 24 (a smaller num_models than the store's is refused: test_cli_inputs).
-    extended = load_spec(write_spec(tmp_path / "extended.yaml", store_path, num_models=24))
+    # The spec as written before the extend (num_models 16) runs the extended store.
+    extended = load_spec(spec_path)
     fresh = {**lease, "heartbeat": time.time()}
     (store_path / LEASE_FILE).write_text(json.dumps(fresh))
     with pytest.raises(LeaseHeldError):
@@ -140,7 +140,4 @@ def test_resume_with_a_different_spec_names_the_fields_and_exits_2(tmp_path: Pat
         assert field in message, message
     assert sorted(p.name for p in store.iterdir()) == before
     assert not (store / LEASE_FILE).exists()
-
-    smaller = cli("run", str(write_spec(tmp_path / "c.yaml", store, num_models=8)), "--no-progress")
-    assert smaller.returncode == 2 and "can only grow" in smaller.stderr
     assert os.path.isdir(store)
