@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from analysis.brittleness import BrittlenessResult
+from analysis.brittleness import BrittlenessResult, TargetBrittleness
 from storage.errors import BlockFailedError, InputError
 from storage.sweep_store import SweepStore
 
-__all__ = ["VerifiedFlip", "VerificationResult", "plan_verification", "verify_brittleness"]
+__all__ = ["VerifiedFlip", "VerificationResult", "VerificationPlan", "plan_verification", "verify_brittleness"]
 
 
 @dataclass
@@ -98,9 +98,23 @@ class VerificationResult:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    candidates: list[Any]
-    masks: np.ndarray  # bool [(n + 1) * seeds, N_train]; the last block is the control
+class VerificationPlan:
+    """The retraining sweep, before anything runs.
+
+    Attributes
+    ----------
+    candidates : list of TargetBrittleness
+        Targets checked, smallest removal sets first.
+    masks : ndarray of bool, shape [(len(candidates) + 1) * seeds, N_train]
+        Block ``i`` (``seeds`` rows) trains without candidate ``i``'s set; the last
+        block is the full-training-set control.
+    spec : dict
+        The sweep spec (``masks_file`` names ``masks_file`` below).
+    store, masks_file : Path
+    """
+
+    candidates: list[TargetBrittleness]
+    masks: np.ndarray
     spec: dict[str, Any]
     store: Path
     masks_file: Path
@@ -108,7 +122,7 @@ class _Plan:
 
 def plan_verification(
     result: BrittlenessResult, *, out_dir: str | Path, seeds: int = 3, max_targets: int = 10, seed: int = 0
-) -> _Plan:
+) -> VerificationPlan:
     """Choose the candidates and build the retraining sweep's masks and spec (nothing is written).
 
     Raises
@@ -149,7 +163,7 @@ def plan_verification(
         "outputs": outputs,
         **{k: stored[k] for k in ("resources", "retries", "timeout_s") if k in stored},
     }
-    return _Plan(candidates=candidates, masks=masks, spec=spec, store=Path(spec["store"]),
+    return VerificationPlan(candidates=candidates, masks=masks, spec=spec, store=Path(spec["store"]),
                  masks_file=Path(spec["masks_file"]))
 
 
