@@ -300,7 +300,7 @@ def fit_shard(job: ShardJob, *, on_step: Callable[[int, int, int], None] | None 
     data = source.load() if plan.masks_resident else source
     result = solve_source(
         data, train=train, val=val, config=config, refit=job.refit,
-        table_on_device=plan.table_on_device, progress=on_step,
+        table_on_device=plan.table_on_device, cache_bytes=plan.cache_bytes, progress=on_step,
     )
     writable = SweepStore.open(job.store_path, mode="r+")
     group = open_datamodels(writable.group, job.name)

@@ -18,7 +18,7 @@ import torch
 
 from storage.errors import InputError
 
-__all__ = ["MemoryPlan", "plan_memory", "current_rss", "peak_rss"]
+__all__ = ["MemoryPlan", "plan_memory", "current_rss", "peak_rss", "available_host"]
 
 _F32 = 4
 # Transient copies the estimate cannot see exactly (allocator slack, zarr's
@@ -60,6 +60,8 @@ class MemoryPlan:
         places on CPU: everything is host memory there).
     budget : int or None
         Host bytes the plan had (``max_memory`` − resident memory at start).
+    cache_bytes : int
+        Device bytes left for keeping standardised batches between epochs.
     """
 
     masks_resident: bool
@@ -68,6 +70,7 @@ class MemoryPlan:
     host_bytes: int
     device_bytes: int
     budget: int | None
+    cache_bytes: int = 0
 
 
 def plan_memory(
@@ -125,7 +128,7 @@ def plan_memory(
     budget = None if max_memory is None else int(max_memory) - current_rss()
     usable = None if budget is None else int(budget * (1 - _HEADROOM))
     if usable is None:
-        usable = int(_available_host() * 0.5)
+        usable = int(available_host() * 0.5)
 
     if cuda:
         free_device = int(torch.cuda.mem_get_info(device)[0] * 0.8)
@@ -143,8 +146,9 @@ def plan_memory(
             raise _too_small(max_memory, budget, lean)
         depth = _depth(usable - host_fixed, read_ahead)
         # Loading resident masks streams them once through the same queue.
+        device_total = device_need + table * table_on_device + resident * masks_resident
         return MemoryPlan(masks_resident, table_on_device, depth, host_fixed + (depth + 1) * read_ahead,
-                          device_need + table * table_on_device + resident * masks_resident, budget)
+                          device_total, budget, cache_bytes=max(0, free_device - device_total))
 
     fixed = state + 2 * batch + table
     lean = fixed + 2 * read_ahead
@@ -153,14 +157,15 @@ def plan_memory(
     masks_resident = fixed + resident + 2 * read_ahead <= usable
     depth = _depth(usable - fixed - resident * masks_resident, read_ahead)
     host = fixed + resident * masks_resident + (depth + 1) * read_ahead
-    return MemoryPlan(masks_resident, True, depth, host, host, budget)
+    return MemoryPlan(masks_resident, True, depth, host, host, budget, cache_bytes=max(0, usable - host))
 
 
 def _depth(room: int, read_ahead: int) -> int:
     return max(1, min(_MAX_QUEUE, room // max(read_ahead, 1) - 1))
 
 
-def _available_host() -> int:
+def available_host() -> int:
+    """Bytes the OS reports as available (MemAvailable; 4 GiB when unknown)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:

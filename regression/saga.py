@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from regression.loader import Range, RowSource, TensorSource, split_batches
+from regression.memory import available_host
 from regression.params import SAGA_CONSTRAINTS, check_params
 from storage.errors import InputError, SolverError
 
@@ -72,6 +73,7 @@ __all__ = [
     "saga_lasso_path",
     "solve_source",
     "resolve_device",
+    "default_cache_bytes",
 ]
 
 # Called after every λ step: (steps done, steps in all, targets still on the path).
@@ -165,6 +167,9 @@ class LassoPathResult:
         Seconds from the first read to the result.
     device : str
         Torch device the solver ran on.
+    extra : dict of str to float
+        ``saga_flops`` (FLOPs of the SAGA matrix products) and ``n_steps_walked``
+        (λ steps before every target had stopped).
     """
 
     weight: np.ndarray
@@ -259,14 +264,47 @@ class _Problem:
     step: float = 0.0
     lipschitz: float = 0.0
     n_iter: int = 0
+    flops: float = 0.0  # of the SAGA matrix products (2 per step, 2·B·N·A each)
+    cache_budget: int = 0
+    cache: dict[Range, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    cache_used: int = 0
 
     def standardise(self, masks: torch.Tensor) -> torch.Tensor:
         return (masks.to(self.dtype) - self.moments.mu) * self.moments.inv_sd
+
+    def batches_of(self, ranges: Sequence[Range]) -> Iterator[tuple[Range, torch.Tensor, torch.Tensor]]:
+        """Yield ``(range, standardised masks [B, N], targets [B, T])`` per range.
+
+        Standardising a batch costs a pass over B·N values, as much as the two
+        products when few targets are active late on the path; batches are kept
+        standardised on the device while ``cache_budget`` bytes allow.
+        """
+        missing = [r for r in ranges if r not in self.cache]
+        fresh = iter(self.source.iterate(missing))
+        for rng in ranges:
+            hit = self.cache.get(rng)
+            if hit is not None:
+                yield rng, hit[0], hit[1]
+                continue
+            masks, targets = next(fresh)
+            xs, y = self.standardise(masks), targets.to(self.dtype)
+            size = (xs.numel() + y.numel()) * xs.element_size()
+            if self.cache_used + size <= self.cache_budget:
+                self.cache[rng] = (xs, y)
+                self.cache_used += size
+            yield rng, xs, y
 
     def order(self, phase: int, epoch: int) -> list[int]:
         # Depends on (seed, phase, epoch) only, never on which targets are active.
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, phase + 1, epoch]))
         return rng.permutation(len(self.batches)).tolist()
+
+
+def default_cache_bytes(device: torch.device) -> int:
+    """Bytes of standardised batches kept between epochs when the caller does not say."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * 0.5)
+    return int(available_host() * 0.25)
 
 
 def _moments(source: RowSource, batches: Sequence[Range], dtype: torch.dtype) -> _Moments:
@@ -322,9 +360,8 @@ def _prepare(problem: _Problem, weight: torch.Tensor) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(problem.cfg.seed)
     v0 = torch.randn(source.n_features, generator=gen, dtype=torch.float64).to(problem.dtype).to(source.device)
     worst = 0.0
-    for (r0, r1), (masks, targets) in zip(problem.batches, source.iterate(problem.batches)):
-        xs = problem.standardise(masks)
-        yc = targets.to(problem.dtype) - mom.ybar
+    for (r0, r1), xs, targets in problem.batches_of(problem.batches):
+        yc = targets - mom.ybar
         resid = -yc if zero_start else xs @ weight - yc
         problem.table.put(r0, r1, None, resid)
         if not zero_start:
@@ -410,9 +447,7 @@ def _run_fixed_lambda(
         order = problem.order(phase, epoch)
         ranges = [problem.batches[i] for i in order]
         cols_arg = None if full else act
-        for (r0, r1), (masks, targets) in zip(ranges, problem.source.iterate(ranges)):
-            xs = problem.standardise(masks)
-            y = targets.to(problem.dtype)
+        for (r0, r1), xs, y in problem.batches_of(ranges):
             if cols_arg is not None:
                 y = y.index_select(1, act)
             resid = xs @ w
@@ -425,6 +460,7 @@ def _run_fixed_lambda(
             # Soft threshold: w − clamp(w, −τ, τ) is sign(w)·max(|w| − τ, 0).
             w.sub_(torch.maximum(torch.minimum(w, thr), -thr))
             problem.n_iter += 1
+            problem.flops += 4.0 * xs.shape[0] * xs.shape[1] * w.shape[1]
         epochs[pos] += 1
         change = (w - w_prev).abs().amax(0) / w.abs().amax(0).clamp_min(torch.finfo(w.dtype).tiny)
         done = change <= cfg.tol
@@ -444,11 +480,11 @@ def _val_mse(problem: _Problem, source: RowSource, val: Sequence[Range], w: torc
     sq = torch.zeros(cols.numel(), dtype=torch.float64, device=w.device)
     rows = 0
     ybar = problem.moments.ybar.index_select(0, cols)
-    for masks, targets in source.iterate(val):
-        pred = problem.standardise(masks) @ w + ybar
-        err = pred - targets.to(problem.dtype).index_select(1, cols)
+    for _, xs, targets in problem.batches_of(val):
+        pred = xs @ w + ybar
+        err = pred - targets.index_select(1, cols)
         sq += (err * err).sum(0, dtype=torch.float64)
-        rows += int(masks.shape[0])
+        rows += int(xs.shape[0])
     return (sq / max(rows, 1)).to(problem.dtype)
 
 
@@ -489,6 +525,7 @@ def solve_source(
     refit: bool = False,
     dtype: torch.dtype = torch.float32,
     table_on_device: bool = True,
+    cache_bytes: int | None = None,
     progress: ProgressFn | None = None,
 ) -> LassoPathResult:
     """Fit the path on ``source`` rows ``train``, early-stopping on rows ``val``.
@@ -514,6 +551,10 @@ def solve_source(
         Compute dtype (float32, or float64 for tests).
     table_on_device : bool
         Keep the SAGA table on the device; False keeps it in pinned host memory.
+    cache_bytes : int, optional
+        Device bytes for keeping standardised batches between epochs (None: half
+        the free GPU memory on CUDA, a quarter of the available host memory on CPU;
+        0 re-reads and re-standardises every batch every epoch).
     progress : callable, optional
         ``progress(done, total, alive)`` after every λ step.
 
@@ -546,7 +587,9 @@ def solve_source(
         weight = init.to(dtype=dtype, device=device) * sd[:, None]
 
     table = _ResidualTable(source.n_rows, n_targets, device=device, dtype=dtype, on_device=table_on_device)
-    problem = _Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg)
+    budget = default_cache_bytes(device) if cache_bytes is None else int(cache_bytes)
+    problem = _Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
+                       cache_budget=budget)
     grad = _prepare(problem, weight)
     path_step, path_lipschitz = problem.step, problem.lipschitz
 
@@ -598,15 +641,17 @@ def solve_source(
         final_mom = _moments(source, all_batches, dtype)
         sd_new = torch.where(final_mom.inv_sd > 0, 1.0 / final_mom.inv_sd.clamp_min(1e-30), torch.zeros_like(final_mom.inv_sd))
         refit_w = best_w * mom.inv_sd[:, None] * sd_new[:, None]
-        refit_problem = _Problem(source=source, batches=all_batches, moments=final_mom, table=table, dtype=dtype, cfg=cfg)
-        refit_problem.n_iter = problem.n_iter
+        problem.cache.clear()  # standardised with the path's moments; free it first
+        refit_problem = _Problem(source=source, batches=all_batches, moments=final_mom, table=table, dtype=dtype,
+                                 cfg=cfg, cache_budget=budget)
+        refit_problem.n_iter, refit_problem.flops = problem.n_iter, problem.flops
         refit_grad = _prepare(refit_problem, refit_w)
         everyone = torch.arange(n_targets, device=device)
         ep, conv = _run_fixed_lambda(refit_problem, refit_w, refit_grad, everyone, lam_chosen, phase=_REFIT_STEP)
         epochs += ep
         unconverged += (~conv).to(torch.int64)
         best_w = refit_w
-        problem.n_iter = refit_problem.n_iter
+        problem.n_iter, problem.flops = refit_problem.n_iter, refit_problem.flops
 
     raw = best_w * final_mom.inv_sd[:, None]
     bias = final_mom.ybar - final_mom.mu @ raw
@@ -632,6 +677,7 @@ def solve_source(
         refit=bool(refit and has_val),
         wall_time=time.perf_counter() - start,
         device=str(device),
+        extra={"saga_flops": problem.flops, "n_steps_walked": float(k + 1)},
     )
 
 
