@@ -47,7 +47,7 @@ def _finish(data: dict[str, Any], files: list[Path], as_json: bool, human: Any) 
     def show() -> None:
         human()
         if files:
-            _say(f"wrote {len(files)} files to {files[0].parent}")
+            _say(f"wrote {len(files)} file{'s' if len(files) != 1 else ''} to {files[0].parent}")
 
     _emit(data, as_json, show)
 
