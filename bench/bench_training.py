@@ -39,7 +39,7 @@ from workers.masks import block_masks, block_seeds  # noqa: E402
 from workers.recipe import Recipe, TrainingBlock, build_recipe  # noqa: E402
 from workers.recipes.cifar10_resnet9 import Cifar10Resnet9, Cifar10Resnet9Params, resnet9_flops_per_image  # noqa: E402
 from workers.recipes._stacked import ArrayDataset  # noqa: E402
-from workers.recipes.mnist1d_cnn import QUICKSTART_PARAMS  # noqa: E402
+from workers.recipes.mnist1d_cnn import FAST_PARAMS  # noqa: E402
 
 __all__ = ["main"]
 
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="run the CUDA cifar10-resnet9 benchmark")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU mode)")
-    parser.add_argument("--params", default=json.dumps(QUICKSTART_PARAMS), help="mnist1d-cnn params as JSON")
+    parser.add_argument("--params", default=json.dumps(FAST_PARAMS), help="mnist1d-cnn params as JSON")
     parser.add_argument("--single-models", type=int, default=8, help="models per repeat trained one at a time")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--block", type=int, default=64, help="GPU mode: models per block")

@@ -236,3 +236,4 @@ def submit(
 
 # Commands that live in their own modules register themselves on `app` when imported.
 from orchestrator import cli_regression as _cli_regression  # noqa: E402,F401  (fit, eval, import-npy, export)
+from orchestrator import cli_analysis as _cli_analysis  # noqa: E402,F401  (analyze, report)

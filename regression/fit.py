@@ -433,4 +433,11 @@ class _Progress:
     def shard_done(self) -> None:
         if self._bar is not None:
             self._bar.advance(self._shard_task)
-            self._bar.reset(self._step_task, total=self._steps, info="")
+            tasks = {task.id: task for task in self._bar.tasks}
+            if tasks[self._shard_task].finished:
+                # Early stopping ends most paths before step k: show the path as done, not 37/100.
+                step_task = tasks[self._step_task]
+                self._bar.update(self._step_task, total=step_task.completed or 1,
+                                 completed=step_task.completed or 1, info="every target stopped")
+            else:
+                self._bar.reset(self._step_task, total=self._steps, info="")

@@ -14,7 +14,7 @@ Network, per model (``w`` = ``width``)::
 
 trained with Adam and a linear warmup then linear decay of the learning rate
 (label smoothing optional). The defaults reach about 90% mean test accuracy at α=0.5; see
-:data:`QUICKSTART_PARAMS` for a cheaper set used by the quickstart demo.
+:data:`FAST_PARAMS` for a cheaper set (the training benchmark's).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from storage.layout import DatasetInfo
 from workers.batched import GroupedConv, GroupedLinear, TrainConfig
 from workers.recipes._stacked import ArrayDataset, StackedParams, StackedRecipe
 
-__all__ = ["Mnist1dCnnParams", "Mnist1dCnn", "QUICKSTART_PARAMS", "generate_mnist1d"]
+__all__ = ["Mnist1dCnnParams", "Mnist1dCnn", "FAST_PARAMS", "generate_mnist1d"]
 
 #: Sizes of the standard MNIST-1D split.
 _N_TRAIN, _N_TEST, _N_CLASSES, _LENGTH = 4000, 1000, 10, 40
@@ -51,10 +51,10 @@ class Mnist1dCnnParams(StackedParams):
     n_test: int = Field(_N_TEST, ge=1, le=_N_TEST, description="use the first n_test test signals")
 
 
-#: A cheaper parameter set for the quickstart demo: about 8 models/s on one CPU
+#: A cheaper parameter set (bench/bench_training.py's default): about 8 models/s on one CPU
 #: core in blocks of 64 and ~80% mean test accuracy at α=0.5 (defaults: ~0.9
 #: models/s, ~90%). Measured on a 2-core AMD EPYC VM, torch 2.15, one thread.
-QUICKSTART_PARAMS: dict[str, object] = {"epochs": 8, "width": 16, "batch_size": 32, "lr": 0.02}
+FAST_PARAMS: dict[str, object] = {"epochs": 8, "width": 16, "batch_size": 32, "lr": 0.02}
 
 
 def generate_mnist1d() -> ArrayDataset:
