@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", default="auto", type=lambda s: s if s == "auto" else float(s))
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--max-memory-mib", type=int, default=1024)
+    p.add_argument("--max-memory-mib", type=int, default=2048)
     p.add_argument("--gpu-steps", type=int, default=10)
     p.add_argument("--tmp", default=None)
     args = p.parse_args(argv)

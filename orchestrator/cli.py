@@ -106,13 +106,21 @@ def run(
     lease_ttl: Annotated[
         float, typer.Option(help="Seconds without a heartbeat after which this driver's lease may be taken over.")
     ] = 30.0,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Keep this many worker actors even before the cluster has room for them "
+                          "(an autoscaling cluster adds nodes for the pending ones). Default: one per slot, "
+                          "recounted as nodes join."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Init the store if needed, then run or resume the sweep."""
     from orchestrator.api import load_spec, run_sweep
+    from orchestrator.driver import DriverOptions
 
     result = _call(
-        lambda: run_sweep(load_spec(spec), address=address, progress=progress and not as_json, lease_ttl_s=lease_ttl)
+        lambda: run_sweep(load_spec(spec), address=address, progress=progress and not as_json, lease_ttl_s=lease_ttl,
+                          options=DriverOptions(workers=workers))
     )
     _emit(result.to_dict(), as_json, lambda: _out.print(
         f"{result.completed_blocks}/{result.num_blocks} blocks complete "

@@ -57,12 +57,20 @@ class DriverOptions:
     max_actor_start_failures : abort after this many actors in a row failed in
         their setup (a recipe whose dataset cannot load).
     max_actors : upper bound on the number of worker actors (``None``: one per slot).
+    workers : keep exactly this many worker actors, whether or not the cluster
+        has room for them now. On an autoscaling cluster the actors still pending
+        are the resource demand that makes it add nodes. ``None``: one per slot of
+        the live nodes, recounted every ``rescan_s`` so that nodes joining
+        mid-sweep get workers too.
+    rescan_s : seconds between two counts of the cluster's slots.
     """
 
     max_in_flight_per_actor: int = 2
     actor_start_timeout_s: float = 600.0
     max_actor_start_failures: int = 3
     max_actors: int | None = None
+    workers: int | None = None
+    rescan_s: float = 15.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +82,10 @@ class DriverOptions:
             problems.append(f"max_actor_start_failures must be >= 1, got {self.max_actor_start_failures}")
         if self.max_actors is not None and self.max_actors < 1:
             problems.append(f"max_actors must be >= 1 or None, got {self.max_actors}")
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"workers must be >= 1 or None, got {self.workers}")
+        if self.rescan_s <= 0:
+            problems.append(f"rescan_s must be > 0, got {self.rescan_s}")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -154,11 +166,12 @@ class _WorkQueue:
             self._retry.append(block_id)
 
 
-def worker_slots(resources: ResourcesSpec) -> int:
+def worker_slots(resources: ResourcesSpec, *, require_one: bool = True) -> int:
     """How many worker actors fit on the live nodes of the cluster, node by node.
 
     Counting per node (not on the cluster's totals) matters for fractional
     GPUs: 0.4 GPU per actor fits twice on each 1-GPU node, not 7 times on 3 GPUs.
+    With ``require_one``, a cluster where not one fits is an :class:`InputError`.
     """
     slots = 0
     for node in ray.nodes():
@@ -169,7 +182,7 @@ def worker_slots(resources: ResourcesSpec) -> int:
         if resources.num_gpus > 0:
             fit = min(fit, int(have.get("GPU", 0.0) / resources.num_gpus + 1e-9))
         slots += fit
-    if slots == 0:
+    if slots == 0 and require_one:
         total = ray.cluster_resources()
         raise InputError(
             f"no node of the Ray cluster fits one worker with num_cpus={resources.num_cpus}, "
@@ -330,7 +343,7 @@ class SweepDriver:
             )
         self._events.write("run_started", pending_blocks=int(pending.size), run_id=self._run_id)
         if pending.size:
-            slots = worker_slots(self._spec.resources)
+            slots = self._options.workers or worker_slots(self._spec.resources)
             if self._options.max_actors is not None:
                 slots = min(slots, self._options.max_actors)
             for _ in range(min(slots, int(pending.size))):
@@ -377,12 +390,27 @@ class SweepDriver:
                     return
                 self._submit(slot, block_id)
 
+    def _grow(self) -> None:
+        """Start workers for the slots of nodes that joined since the last count."""
+        if self._options.workers is not None:
+            return  # a fixed count: its pending actors already wait for nodes
+        want = worker_slots(self._spec.resources, require_one=False)
+        if self._options.max_actors is not None:
+            want = min(want, self._options.max_actors)
+        for _ in range(min(want - len(self._slots), len(self._work))):
+            slot = self._start_actor()
+            self._events.write("actor_added", actor=slot.name, actors=len(self._slots))
+
     def _loop(self) -> None:
         timeout = self._spec.timeout_s
         last_ready = self._clock()
+        last_scan = self._clock()
         while self._has_work() or self._in_flight():
             if self._lease.lost:
                 raise DmsweepError("another driver took over this store's lease; stopping")
+            if self._clock() - last_scan >= self._options.rescan_s:
+                last_scan = self._clock()
+                self._grow()
             self._fill()
             running = sum(1 for s in self._slots if s.queue)
             self._metrics.set_running(running)

@@ -76,6 +76,11 @@ def test_unreadable_specs(tmp_path: Path) -> None:
     assert_refused(tmp_path, ["run", str(listing)], "expected a mapping")
 
 
+def test_run_options_out_of_range(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    assert_refused(tmp_path, ["run", str(spec), "--workers", "0"], "workers must be >= 1")
+
+
 def test_store_path_holding_something_else(tmp_path: Path) -> None:
     occupied = tmp_path / "sweep.zarr"
     occupied.mkdir()

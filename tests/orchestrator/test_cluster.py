@@ -1,9 +1,10 @@
 """The driver on a 3-node fake cluster (``ray.cluster_utils.Cluster``) with fake GPUs.
 
 The cluster runs in a subprocess so that it never meets the session's Ray. One
-cluster serves three checks: per-node slot counting for fractional GPUs, a
-64-block sweep spread over every node with every block done once, and a sweep
-that loses a node mid-way and still completes every block exactly once.
+cluster serves four checks: per-node slot counting for fractional GPUs, a
+64-block sweep spread over every node with every block done once, a sweep that
+loses a node mid-way and still completes every block exactly once, and a sweep
+during which a node joins (an autoscaler's new node) and gets a worker.
 """
 
 from __future__ import annotations
@@ -94,6 +95,37 @@ try:
     killer.join()
     out["lost"] = {**summary(tmp / "lost.zarr"), "done": result.done, "doomed": doomed_id,
                    "failed": result.failed_blocks}
+
+    # A node that joins mid-sweep (an autoscaler's new GPU node) gets a worker too.
+    # Ray starts a node's processes from the main thread only, so the sweep runs
+    # in a thread here and the main thread adds the node.
+    spec = sweep("grow.zarr", 60, 0.5)
+    outcome = {}
+
+    def grow_sweep():
+        try:
+            outcome["result"] = run_sweep(spec, progress=False, options=DriverOptions(rescan_s=0.5))
+        except BaseException as exc:
+            outcome["error"] = repr(exc)
+
+    runner = threading.Thread(target=grow_sweep)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and runner.is_alive():
+        try:
+            if SweepStore.open(spec.store).ledger.completed_blocks().size >= 2:
+                break
+        except Exception:
+            pass  # not created yet
+        time.sleep(0.1)
+    joined = cluster.add_node(num_cpus=1, num_gpus=1).node_id
+    runner.join()
+    if "error" in outcome:
+        raise RuntimeError(outcome["error"])
+    result = outcome["result"]
+    grown = summary(tmp / "grow.zarr")
+    added = [e for e in read_events(tmp / "grow.zarr") if e["event"] == "actor_added"]
+    out["grow"] = {**grown, "done": result.done, "joined": joined, "added": len(added)}
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -130,3 +162,9 @@ def test_three_node_cluster_spreads_blocks_and_survives_a_lost_node(tmp_path: Pa
     assert redone, "the lost node's running block was retried"
     assert all(r["attempt"] == 1 for r in redone)
     assert set(lost["blocks_per_node"]) >= {n for n in spread["blocks_per_node"] if n != lost["doomed"]}
+
+    grow = out["grow"]
+    assert grow["done"] and grow["completed"] == list(range(60))
+    assert grow["completions_per_block"] == [1] * 60
+    assert grow["added"] >= 1, f"no worker was started for the joining node: {grow}"
+    assert grow["blocks_per_node"].get(grow["joined"], 0) > 0, grow["blocks_per_node"]
