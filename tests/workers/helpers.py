@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from workers.masks import block_masks, block_seeds
 from workers.recipe import TrainingBlock
 
-__all__ = ["make_block", "single_model_block"]
+__all__ = ["make_block", "single_model_block", "write_script"]
 
 
 def make_block(
@@ -43,3 +44,28 @@ def single_model_block(block: TrainingBlock, k: int) -> TrainingBlock:
         outputs=block.outputs,
         workdir=block.workdir,
     )
+
+
+#: A script with the published datamodels training signature, ``main(index, logdir) -> dict``.
+LEGACY_SCRIPT = """
+import json
+from pathlib import Path
+import numpy as np
+
+N_TRAIN, N_TEST = 12, 5
+
+def main(index, logdir):
+    rng = np.random.default_rng(index)
+    mask = np.zeros(N_TRAIN, dtype=bool)
+    mask[rng.permutation(N_TRAIN)[:6]] = True
+    Path(logdir, "done.json").write_text(json.dumps({{"index": index}}))
+    out = {{"masks": mask, "margins": rng.normal(size=N_TEST).astype(np.float32)}}
+    {tweak}
+    return out
+"""
+
+
+def write_script(directory: Path, tweak: str = "pass") -> Path:
+    path = directory / "train_legacy.py"
+    path.write_text(textwrap.dedent(LEGACY_SCRIPT).format(tweak=tweak))
+    return path

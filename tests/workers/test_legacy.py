@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_block
+from helpers import make_block, write_script
 
 from storage.errors import BlockFailedError, RecipeError
 from workers.recipe import build_recipe
-
-SCRIPT = """
-import json
-from pathlib import Path
-import numpy as np
-
-N_TRAIN, N_TEST = 12, 5
-
-def main(index, logdir):
-    rng = np.random.default_rng(index)
-    mask = np.zeros(N_TRAIN, dtype=bool)
-    mask[rng.permutation(N_TRAIN)[:6]] = True
-    Path(logdir, "done.json").write_text(json.dumps({{"index": index}}))
-    out = {{"masks": mask, "margins": rng.normal(size=N_TEST).astype(np.float32)}}
-    {tweak}
-    return out
-"""
-
-
-def write_script(directory: Path, tweak: str = "pass") -> Path:
-    path = directory / "train_legacy.py"
-    path.write_text(textwrap.dedent(SCRIPT).format(tweak=tweak))
-    return path
-
 
 def run_legacy(tmp_path: Path, tweak: str = "pass") -> dict[str, np.ndarray]:
     recipe = build_recipe("legacy", {"script": str(write_script(tmp_path, tweak)), "n_train": 12, "n_test": 5})
