@@ -10,6 +10,7 @@ input is refused before anything is written.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -100,6 +101,31 @@ def _targets(text: str | None, shape: Any) -> Any:
     return parse_indices(text, size=shape.targets.stop, lo=shape.targets.start, what="--targets")
 
 
+def _analyse_examples(
+    store: Path, name: str | None, targets: str | None, out: Path | None, kind: str,
+    analyse: Callable[[str, Any, Any], tuple[Any, Callable[[Path], list[Path]]]],
+) -> tuple[Any, list[Path]]:
+    """What the commands that draw training examples share: check ``--out``, find the
+    datamodels and targets, load the recipe's examples, analyse, write into ``--out``.
+
+    ``analyse(name, targets, examples)`` returns the result and a function that
+    writes it into a folder.
+    """
+    from analysis.inputs import load_examples
+    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
+    from storage.sweep_store import SweepStore
+
+    def call() -> tuple[Any, list[Path]]:
+        check_out_dir(out)
+        shape = datamodels_shape(store, name=name)
+        chosen = _targets(targets, shape)
+        examples = load_examples(SweepStore.open(store))
+        result, write = analyse(shape.name, chosen, examples)
+        return result, write(prepare_out_dir(out, store, kind))
+
+    return _call(call)
+
+
 @analyze_app.command()
 def brittleness(
     store: StoreArg,
@@ -169,20 +195,13 @@ def neighbors(
     as_json: JsonFlag = False,
 ) -> None:
     """Training examples with the largest positive and negative weights of each target, with a figure."""
-    from analysis.inputs import load_examples
-    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
     from analysis.neighbors import nearest_training_examples
-    from storage.sweep_store import SweepStore
 
-    def call():  # type: ignore[no-untyped-def]
-        check_out_dir(out)
-        shape = datamodels_shape(store, name=name)
-        chosen = _targets(targets, shape)
-        examples = load_examples(SweepStore.open(store))
-        result = nearest_training_examples(store, name=shape.name, targets=chosen, k=k, examples=examples)
-        return result, result.write(prepare_out_dir(out, store, "neighbors"), examples)
+    def analyse(dm_name: str, chosen: Any, examples: Any) -> tuple[Any, Callable[[Path], list[Path]]]:
+        found = nearest_training_examples(store, name=dm_name, targets=chosen, k=k, examples=examples)
+        return found, lambda folder: found.write(folder, examples)
 
-    result, files = _call(call)
+    result, files = _analyse_examples(store, name, targets, out, "neighbors", analyse)
 
     def human() -> None:
         for entry in result.targets:
@@ -204,21 +223,15 @@ def leakage(
     as_json: JsonFlag = False,
 ) -> None:
     """Train-test pairs whose datamodel weight is an outlier, ranked, with input distances and a figure."""
-    from analysis.inputs import load_examples
     from analysis.leakage import find_leakage
-    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
-    from storage.sweep_store import SweepStore
 
-    def call():  # type: ignore[no-untyped-def]
-        check_out_dir(out)
+    def analyse(dm_name: str, _all: Any, examples: Any) -> tuple[Any, Callable[[Path], list[Path]]]:
         if figure_pairs < 1:
             raise InputError(f"--figure-pairs must be at least 1; got {figure_pairs}")
-        shape = datamodels_shape(store, name=name)
-        examples = load_examples(SweepStore.open(store))
-        result = find_leakage(store, name=shape.name, top=top, examples=examples)
-        return result, result.write(prepare_out_dir(out, store, "leakage"), examples, n_figure=figure_pairs)
+        found = find_leakage(store, name=dm_name, top=top, examples=examples)
+        return found, lambda folder: found.write(folder, examples, n_figure=figure_pairs)
 
-    result, files = _call(call)
+    result, files = _analyse_examples(store, name, None, out, "leakage", analyse)
 
     def human() -> None:
         scale = f" (median distance {result.median_distance:.2f})" if result.median_distance is not None else ""
@@ -247,20 +260,13 @@ def embed(
 ) -> None:
     """Normalised datamodel weights as embeddings: PCA components and spectral subpopulations."""
     from analysis.embed import embed_datamodels
-    from analysis.inputs import load_examples
-    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
-    from storage.sweep_store import SweepStore
 
-    def call():  # type: ignore[no-untyped-def]
-        check_out_dir(out)
-        shape = datamodels_shape(store, name=name)
-        chosen = _targets(targets, shape)
-        examples = load_examples(SweepStore.open(store))
-        result = embed_datamodels(store, name=shape.name, targets=chosen, n_components=components,
-                                  n_clusters=clusters, n_extremes=extremes, seed=seed, examples=examples)
-        return result, result.write(prepare_out_dir(out, store, "embed"), examples)
+    def analyse(dm_name: str, chosen: Any, examples: Any) -> tuple[Any, Callable[[Path], list[Path]]]:
+        found = embed_datamodels(store, name=dm_name, targets=chosen, n_components=components,
+                                 n_clusters=clusters, n_extremes=extremes, seed=seed, examples=examples)
+        return found, lambda folder: found.write(folder, examples)
 
-    result, files = _call(call)
+    result, files = _analyse_examples(store, name, targets, out, "embed", analyse)
 
     def human() -> None:
         _say(f"{result.name}: {len(result.targets)} {result.target_split} targets embedded "
