@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from workers.batched import (
 from workers.margins import margins_from_logits
 from workers.recipe import Recipe, RecipeParams, TrainingBlock
 
-__all__ = ["StackedParams", "ArrayDataset", "StackedRecipe"]
+__all__ = ["StackedParams", "SmallModelParams", "ArrayDataset", "StackedRecipe"]
 
 
 class StackedParams(RecipeParams):
@@ -45,6 +46,14 @@ class StackedParams(RecipeParams):
         None, ge=1, description="train at most this many models at once (None: the whole block, halved on OOM)"
     )
     eval_batch_size: int = Field(1000, ge=1, description="examples per forward pass when computing outputs")
+
+
+class SmallModelParams(StackedParams):
+    """What the small built-in models (``mnist1d-cnn``, ``digits-mlp``) add: Adam or SGD, small batches."""
+
+    epochs: int = Field(20, ge=1, description="passes over each model's subset")
+    batch_size: int = Field(32, ge=1, description="examples per step, per model")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with Nesterov momentum 0.9")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Network, per model: linear(64→h) ReLU linear(h→h) ReLU linear(h→10), Adam.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -19,23 +18,18 @@ from torch import nn
 
 from storage.layout import DatasetInfo
 from workers.batched import GroupedLinear, TrainConfig
-from workers.recipes._stacked import ArrayDataset, StackedParams, StackedRecipe
+from workers.recipes._stacked import ArrayDataset, SmallModelParams, StackedRecipe
 
 __all__ = ["DigitsMlpParams", "DigitsMlp", "digits_split"]
 
 _N_TOTAL, _N_TEST, _N_CLASSES, _N_FEATURES = 1797, 500, 10, 64
 
 
-class DigitsMlpParams(StackedParams):
+class DigitsMlpParams(SmallModelParams):
     """Parameters of ``digits-mlp``."""
 
-    epochs: int = Field(20, ge=1, description="passes over each model's subset")
     hidden: int = Field(64, ge=1, description="units of both hidden layers")
-    batch_size: int = Field(32, ge=1, description="examples per step, per model")
     lr: float = Field(0.005, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with Nesterov momentum 0.9")
     split_seed: int = Field(0, ge=0, description="seed of the fixed train/test split")
     n_train: int = Field(_N_TOTAL - _N_TEST, ge=1, le=_N_TOTAL - _N_TEST, description="training examples used")
 

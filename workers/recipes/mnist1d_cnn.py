@@ -20,7 +20,6 @@ trained with Adam and a linear warmup then linear decay of the learning rate
 from __future__ import annotations
 
 import random
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 
 from storage.layout import DatasetInfo
 from workers.batched import GroupedConv, GroupedLinear, TrainConfig
-from workers.recipes._stacked import ArrayDataset, StackedParams, StackedRecipe
+from workers.recipes._stacked import ArrayDataset, SmallModelParams, StackedRecipe
 
 __all__ = ["Mnist1dCnnParams", "Mnist1dCnn", "FAST_PARAMS", "generate_mnist1d"]
 
@@ -37,16 +36,11 @@ __all__ = ["Mnist1dCnnParams", "Mnist1dCnn", "FAST_PARAMS", "generate_mnist1d"]
 _N_TRAIN, _N_TEST, _N_CLASSES, _LENGTH = 4000, 1000, 10, 40
 
 
-class Mnist1dCnnParams(StackedParams):
+class Mnist1dCnnParams(SmallModelParams):
     """Parameters of ``mnist1d-cnn``; the defaults give ≥80% test accuracy at α=0.5."""
 
-    epochs: int = Field(20, ge=1, description="passes over each model's subset")
     width: int = Field(32, ge=1, description="channels of every conv layer")
-    batch_size: int = Field(32, ge=1, description="examples per step, per model")
     lr: float = Field(0.01, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with Nesterov momentum 0.9")
     n_train: int = Field(_N_TRAIN, ge=1, le=_N_TRAIN, description="use the first n_train training signals")
     n_test: int = Field(_N_TEST, ge=1, le=_N_TEST, description="use the first n_test test signals")
 
