@@ -47,6 +47,12 @@ class StackedParams(RecipeParams):
     )
     eval_batch_size: int = Field(1000, ge=1, description="examples per forward pass when computing outputs")
 
+    def train_config(self, **recipe_specific: object) -> TrainConfig:
+        """The trainer's settings from the shared fields, plus what the recipe fixes or adds."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+                           **recipe_specific)  # type: ignore[arg-type]
+
 
 class SmallModelParams(StackedParams):
     """What the small built-in models (``mnist1d-cnn``, ``digits-mlp``) add: Adam or SGD, small batches."""
@@ -54,6 +60,9 @@ class SmallModelParams(StackedParams):
     epochs: int = Field(20, ge=1, description="passes over each model's subset")
     batch_size: int = Field(32, ge=1, description="examples per step, per model")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with Nesterov momentum 0.9")
+
+    def train_config(self, **recipe_specific: object) -> TrainConfig:
+        return super().train_config(optimizer=self.optimizer, warmup_fraction=0.1, **recipe_specific)
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,9 @@ class StackedRecipe(Recipe):
     def build_stack(self, num_models: int) -> nn.Module:
         """The network for ``num_models`` models on the CPU, uninitialised."""
 
-    @abstractmethod
     def train_config(self) -> TrainConfig:
-        """The training hyper-parameters."""
+        """The training hyper-parameters (by default, from the params' shared fields)."""
+        return self.params.train_config()  # type: ignore[attr-defined]
 
     def augmentation(self) -> Augmentation | None:
         """Per-model random augmentation of training batches (default: none)."""

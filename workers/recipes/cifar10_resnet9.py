@@ -209,17 +209,7 @@ class Cifar10Resnet9(StackedRecipe):
 
     def train_config(self) -> TrainConfig:
         p = self.params
-        return TrainConfig(
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            lr=p.lr,
-            weight_decay=p.weight_decay,
-            label_smoothing=p.label_smoothing,
-            optimizer="sgd",
-            momentum=p.momentum,
-            nesterov=True,
-            warmup_fraction=p.warmup_fraction,
-        )
+        return p.train_config(optimizer="sgd", momentum=p.momentum, nesterov=True, warmup_fraction=p.warmup_fraction)
 
     def augmentation(self) -> Augmentation:
         return Augmentation(draw=draw_crop_flip, apply=apply_crop_flip)

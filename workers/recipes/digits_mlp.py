@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from storage.layout import DatasetInfo
-from workers.batched import GroupedLinear, TrainConfig
+from workers.batched import GroupedLinear
 from workers.recipes._stacked import ArrayDataset, SmallModelParams, StackedRecipe
 
 __all__ = ["DigitsMlpParams", "DigitsMlp", "digits_split"]
@@ -73,16 +73,4 @@ class DigitsMlp(StackedRecipe):
             GroupedLinear(num_models, h, h),
             nn.ReLU(),
             GroupedLinear(num_models, h, _N_CLASSES),
-        )
-
-    def train_config(self) -> TrainConfig:
-        p = self.params
-        return TrainConfig(
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            lr=p.lr,
-            weight_decay=p.weight_decay,
-            label_smoothing=p.label_smoothing,
-            optimizer=p.optimizer,
-            warmup_fraction=0.1,
         )

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from storage.layout import DatasetInfo
-from workers.batched import GroupedConv, GroupedLinear, TrainConfig
+from workers.batched import GroupedConv, GroupedLinear
 from workers.recipes._stacked import ArrayDataset, SmallModelParams, StackedRecipe
 
 __all__ = ["Mnist1dCnnParams", "Mnist1dCnn", "FAST_PARAMS", "generate_mnist1d"]
@@ -126,15 +126,3 @@ class Mnist1dCnn(StackedRecipe):
 
     def build_stack(self, num_models: int) -> nn.Module:
         return _Stack(num_models, self.params.width)
-
-    def train_config(self) -> TrainConfig:
-        p = self.params
-        return TrainConfig(
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            lr=p.lr,
-            weight_decay=p.weight_decay,
-            label_smoothing=p.label_smoothing,
-            optimizer=p.optimizer,
-            warmup_fraction=0.1,
-        )
