@@ -40,6 +40,8 @@ from storage.sweep_store import SweepStore
 
 __all__ = ["FitResult", "fit_datamodels", "fit_shard", "ShardJob"]
 
+#: Folder of the store for the SAGA table when it has to live in a file.
+_SCRATCH = "scratch"
 _FIT_KEYS = ("rows", "train_rows", "val_rows", "targets", "output", "n_train", "config", "refit")
 
 
@@ -277,7 +279,7 @@ def fit_shard(job: ShardJob, *, on_step: Callable[[int, int, int], None] | None 
     -------
     dict
         ``shard``, ``columns``, ``seconds``, ``device``, ``node``, ``epochs``,
-        ``n_iter``, ``step_size``, ``masks_resident``, ``table_on_device``.
+        ``n_iter``, ``step_size``, ``masks_resident``, ``table_on_device``, ``table_on_disk``.
     """
     started = time.perf_counter()
     device = resolve_device(job.device)
@@ -298,9 +300,12 @@ def fit_shard(job: ShardJob, *, on_step: Callable[[int, int, int], None] | None 
         queue_depth=plan.queue_depth, pin=device.type == "cuda",
     )
     data = source.load() if plan.masks_resident else source
+    # The last resort for the SAGA table: a file next to the datamodels, deleted afterwards.
+    table_file = store.path / _SCRATCH / f"{job.name}-shard{job.shard:04d}.table" if plan.table_on_disk else None
     result = solve_source(
         data, train=train, val=val, config=config, refit=job.refit,
-        table_on_device=plan.table_on_device, cache_bytes=plan.cache_bytes, progress=on_step,
+        table_on_device=plan.table_on_device, table_file=table_file, cache_bytes=plan.cache_bytes,
+        progress=on_step,
     )
     writable = SweepStore.open(job.store_path, mode="r+")
     group = open_datamodels(writable.group, job.name)
@@ -322,6 +327,7 @@ def fit_shard(job: ShardJob, *, on_step: Callable[[int, int, int], None] | None 
         "step_size": float(result.step_size),
         "masks_resident": bool(plan.masks_resident),
         "table_on_device": bool(plan.table_on_device),
+        "table_on_disk": bool(plan.table_on_disk),
     }
 
 

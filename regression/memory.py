@@ -53,6 +53,9 @@ class MemoryPlan:
         Load the fit rows' masks and targets once onto the device and keep them.
     table_on_device : bool
         Keep the SAGA table on the device (else in pinned host memory).
+    table_on_disk : bool
+        Keep the SAGA table in a file in the store: the last resort when neither
+        the device nor the bounded host can hold it.
     queue_depth : int
         Batches the reader thread may hold ahead of the solver.
     host_bytes, device_bytes : int
@@ -71,6 +74,7 @@ class MemoryPlan:
     device_bytes: int
     budget: int | None
     cache_bytes: int = 0
+    table_on_disk: bool = False
 
 
 def plan_memory(
@@ -110,7 +114,8 @@ def plan_memory(
     Raises
     ------
     InputError
-        When ``max_memory`` cannot hold the leanest plan.
+        When ``max_memory`` cannot hold the leanest plan (masks streamed, the table
+    in a file).
     """
     cuda = device.type == "cuda"
     # Solver state per target column: W, Ḡ, best W, the epoch's W copy, the
@@ -124,6 +129,8 @@ def plan_memory(
     # A batch read ahead on the host: decoded chunks, the bool rows, the full
     # output rows (float16 → float32) and the selected targets.
     read_ahead = batch_rows * (2 * n_features + output_width * (2 + _F32) + n_targets * _F32)
+    # With the table in a file, a batch's rows of it are read, updated and written back.
+    table_io = 2 * batch_rows * n_targets * _F32
 
     budget = None if max_memory is None else int(max_memory) - current_rss()
     usable = None if budget is None else int(budget * (1 - _HEADROOM))
@@ -141,6 +148,9 @@ def plan_memory(
         table_on_device = device_need + table <= free_device
         masks_resident = device_need + table * table_on_device + resident <= free_device
         host_fixed = (0 if table_on_device else table)
+        on_disk = not table_on_device and host_fixed + 2 * read_ahead > usable
+        if on_disk:
+            host_fixed = table_io
         lean = host_fixed + 2 * read_ahead
         if lean > usable:
             raise _too_small(max_memory, budget, lean)
@@ -148,16 +158,21 @@ def plan_memory(
         # Loading resident masks streams them once through the same queue.
         device_total = device_need + table * table_on_device + resident * masks_resident
         return MemoryPlan(masks_resident, table_on_device, depth, host_fixed + (depth + 1) * read_ahead,
-                          device_total, budget, cache_bytes=max(0, free_device - device_total))
+                          device_total, budget, cache_bytes=max(0, free_device - device_total),
+                          table_on_disk=on_disk)
 
     fixed = state + 2 * batch + table
+    on_disk = fixed + 2 * read_ahead > usable
+    if on_disk:
+        fixed = state + 2 * batch + table_io
     lean = fixed + 2 * read_ahead
     if lean > usable:
         raise _too_small(max_memory, budget, lean)
     masks_resident = fixed + resident + 2 * read_ahead <= usable
     depth = _depth(usable - fixed - resident * masks_resident, read_ahead)
     host = fixed + resident * masks_resident + (depth + 1) * read_ahead
-    return MemoryPlan(masks_resident, True, depth, host, host, budget, cache_bytes=max(0, usable - host))
+    return MemoryPlan(masks_resident, not on_disk, depth, host, host, budget, cache_bytes=max(0, usable - host),
+                      table_on_disk=on_disk)
 
 
 def _depth(room: int, read_ahead: int) -> int:

@@ -53,9 +53,11 @@ The algorithm
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -225,18 +227,48 @@ class _Moments:
 
 
 class _ResidualTable:
-    """The SAGA table ``R [n_rows, T]``: on the device, or in (pinned) host memory."""
+    """The SAGA table ``R [n_rows, T]``: on the device, in (pinned) host memory, or
+    in a file (the last resort when not even the host can hold it).
 
-    def __init__(self, n_rows: int, n_targets: int, *, device: torch.device, dtype: torch.dtype, on_device: bool):
+    In a file, rows are contiguous, so a batch's rows are one positioned read and
+    one write, and the table costs no resident memory beyond the batch in hand.
+    """
+
+    def __init__(
+        self, n_rows: int, n_targets: int, *, device: torch.device, dtype: torch.dtype, on_device: bool,
+        spill_file: Path | None = None,
+    ):
         self.device = device
+        self.shape = (n_rows, n_targets)
+        self.dtype = dtype
+        self.nbytes = n_rows * n_targets * torch.empty((), dtype=dtype).element_size()
+        self.spill_file = spill_file
+        self._fd: int | None = None
+        if spill_file is not None:
+            self.on_device = False
+            spill_file.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(spill_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(self._fd, self.nbytes)  # reads back as zeros, like torch.zeros
+            self._np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+            return
         self.on_device = on_device or device.type == "cpu"
         where = device if self.on_device else torch.device("cpu")
         pin = (not self.on_device) and device.type == "cuda"
         self.data = torch.zeros((n_rows, n_targets), dtype=dtype, device=where, pin_memory=pin)
-        self.nbytes = self.data.numel() * self.data.element_size()
+
+    def _read_rows(self, r0: int, r1: int) -> torch.Tensor:
+        assert self._fd is not None
+        row_bytes = self.nbytes // self.shape[0]
+        raw = os.pread(self._fd, (r1 - r0) * row_bytes, r0 * row_bytes)
+        return torch.from_numpy(np.frombuffer(raw, dtype=self._np_dtype).reshape(r1 - r0, self.shape[1]).copy())
+
+    def _write_rows(self, r0: int, rows: torch.Tensor) -> None:
+        assert self._fd is not None
+        row_bytes = self.nbytes // self.shape[0]
+        os.pwrite(self._fd, rows.contiguous().numpy().tobytes(), r0 * row_bytes)
 
     def get(self, r0: int, r1: int, cols: torch.Tensor | None) -> torch.Tensor:
-        block = self.data[r0:r1]
+        block = self._read_rows(r0, r1) if self._fd is not None else self.data[r0:r1]
         if cols is not None:
             block = block.index_select(1, cols if self.on_device else cols.cpu())
         return block.to(self.device, non_blocking=True)
@@ -245,10 +277,25 @@ class _ResidualTable:
         if not self.on_device:
             values = values.to("cpu")
             cols = None if cols is None else cols.cpu()
-        if cols is None:
+        if self._fd is not None:
+            rows = values if cols is None else self._read_rows(r0, r1).index_copy_(1, cols, values)
+            self._write_rows(r0, rows)
+        elif cols is None:
             self.data[r0:r1] = values
         else:
             self.data[r0:r1].index_copy_(1, cols, values)
+
+    def close(self) -> None:
+        """Delete the spill file, if any."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            assert self.spill_file is not None
+            self.spill_file.unlink(missing_ok=True)
+            try:
+                self.spill_file.parent.rmdir()  # only when no other shard's table is there
+            except OSError:
+                pass
 
 
 @dataclass
@@ -525,6 +572,7 @@ def solve_source(
     refit: bool = False,
     dtype: torch.dtype = torch.float32,
     table_on_device: bool = True,
+    table_file: str | Path | None = None,
     cache_bytes: int | None = None,
     progress: ProgressFn | None = None,
 ) -> LassoPathResult:
@@ -551,6 +599,9 @@ def solve_source(
         Compute dtype (float32, or float64 for tests).
     table_on_device : bool
         Keep the SAGA table on the device; False keeps it in pinned host memory.
+    table_file : path, optional
+        Keep the SAGA table in this file instead (created, and deleted at the end):
+        the last resort when the host cannot hold it.
     cache_bytes : int, optional
         Device bytes for keeping standardised batches between epochs (None: half
         the free GPU memory on CUDA, a quarter of the available host memory on CPU;
@@ -573,7 +624,6 @@ def solve_source(
     mom = _moments(source, batches, dtype)
     lam_max = mom.c.abs().amax(0)
     grid = _grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
-    n_steps = grid.shape[0]
 
     weight = torch.zeros((n_features, n_targets), dtype=dtype, device=device)
     if coef_init is not None:
@@ -586,7 +636,27 @@ def solve_source(
         sd = torch.where(mom.inv_sd > 0, 1.0 / mom.inv_sd.clamp_min(1e-30), torch.zeros_like(mom.inv_sd))
         weight = init.to(dtype=dtype, device=device) * sd[:, None]
 
-    table = _ResidualTable(source.n_rows, n_targets, device=device, dtype=dtype, on_device=table_on_device)
+    table = _ResidualTable(source.n_rows, n_targets, device=device, dtype=dtype, on_device=table_on_device,
+                           spill_file=None if table_file is None else Path(table_file))
+    try:
+        return _solve_path(source, train=train, val=val, cfg=cfg, refit=refit, dtype=dtype, table=table,
+                           cache_bytes=cache_bytes, progress=progress, mom=mom, grid=grid, weight=weight,
+                           start=start)
+    finally:
+        table.close()
+
+
+def _solve_path(
+    source: RowSource, *, train: Sequence[Range], val: Sequence[Range], cfg: SagaConfig, refit: bool,
+    dtype: torch.dtype, table: _ResidualTable, cache_bytes: int | None, progress: ProgressFn | None,
+    mom: _Moments, grid: torch.Tensor, weight: torch.Tensor, start: float,
+) -> LassoPathResult:
+    """The path itself, once the moments, the grid and the table are set up (see :func:`solve_source`)."""
+    device = source.device
+    n_targets = source.n_targets
+    batches = list(train)
+    n_steps = grid.shape[0]
+    lam_max = mom.c.abs().amax(0)
     budget = default_cache_bytes(device) if cache_bytes is None else int(cache_bytes)
     problem = _Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
                        cache_budget=budget)

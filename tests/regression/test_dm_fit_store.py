@@ -46,6 +46,22 @@ def test_streamed_equals_in_memory(store_path: Path) -> None:
     np.testing.assert_allclose(streamed.bias, resident.bias, atol=1e-6)
 
 
+def test_table_in_a_file_equals_table_in_memory(store_path: Path, tmp_path: Path) -> None:
+    store = SweepStore.open(store_path)
+    rows = store.completed_rows()[:700]
+    src = StoreSource(store, rows=rows, output="margins/test", targets=slice(0, 9), device=torch.device("cpu"))
+    cuts = src.cut_points()
+    train, val = split_batches(cuts, 0, 600, 200), split_batches(cuts, 600, 700, 200)
+    cfg = SagaConfig(**{**FAST, "n_alphas": 12, "tol": 1e-3})
+    data = src.load()
+    table_file = tmp_path / "scratch" / "dm-shard0000.table"
+    on_disk = solve_source(data, train=train, val=val, config=cfg, refit=True, table_file=table_file)
+    in_memory = solve_source(data, train=train, val=val, config=cfg, refit=True)
+    np.testing.assert_array_equal(on_disk.lam_index, in_memory.lam_index)
+    np.testing.assert_array_equal(on_disk.weight, in_memory.weight)
+    assert not table_file.parent.exists()  # the file and its folder are gone afterwards
+
+
 def test_fit_sharded_equals_unsharded_and_lds(store_path: Path) -> None:
     one = fit_datamodels(store_path, name="one", rows=slice(0, 800), **FAST)
     three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, **FAST)
@@ -211,3 +227,17 @@ def test_memory_plan_streams_when_masks_exceed_the_bound() -> None:
     with pytest.raises(InputError, match="max_memory"):
         plan_memory(max_memory=rss + (10 << 20), **kw)
 
+
+def test_memory_plan_puts_the_table_in_a_file_only_as_a_last_resort() -> None:
+    from regression.memory import current_rss, plan_memory
+
+    # 200,000 rows × 1,000 targets: an 800 MB table, with small masks and state.
+    kw = dict(n_rows=200_000, n_features=1_000, n_targets=1_000, output_width=1_000, batch_rows=500,
+              device=torch.device("cpu"))
+    rss = current_rss()
+    roomy = plan_memory(max_memory=rss + (4 << 30), **kw)
+    assert roomy.table_on_device and not roomy.table_on_disk
+    tight = plan_memory(max_memory=rss + (300 << 20), **kw)
+    assert tight.table_on_disk and not tight.masks_resident and tight.host_bytes < 300 << 20
+    with pytest.raises(InputError, match="max_memory"):
+        plan_memory(max_memory=rss + (20 << 20), **kw)
