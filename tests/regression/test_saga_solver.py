@@ -72,10 +72,33 @@ def test_float32_default_lr_converges_to_sklearn() -> None:
 def test_huge_lr_is_capped_and_converges() -> None:
     x, y, support = _data("planted", n=200, n_features=20, n_targets=2)
     result = saga_lasso_path(x, y, alphas=[0.05], lr=100.0, tol=1e-8, max_epochs=2000, batch_size=50, device="cpu")
-    assert result.step_size < 1.0 / (3 * result.lipschitz) * 1.0001
+    assert result.step_size < 1.0 / result.lipschitz * 1.0001
     assert np.isfinite(result.weight).all()
     for t in range(2):
         assert set(np.flatnonzero(np.abs(result.weight[:, t]) > 1e-4)) == set(support[t])
+
+
+def test_auto_step_is_one_over_l_and_a_diverging_path_is_redone_at_the_proven_step() -> None:
+    x, y, _ = _data("planted", n=200, n_features=20, n_targets=2)
+    xs, mu, sd = _standardise(x.astype(np.float64))
+    fast = saga_lasso_path(x, y, alphas=[0.05], lr="auto", tol=1e-8, max_epochs=2000, batch_size=50, device="cpu")
+    assert fast.step_size == pytest.approx(1.0 / fast.lipschitz, rel=1e-6)
+    assert fast.extra["step_fraction"] == 1.0
+    # A start 1,000 in every weight is far over the bound every optimum obeys
+    # (‖w‖₁ ≤ ‖y − ȳ‖² / 2nλ): the guard calls it divergence and the path is
+    # redone at 1/(3L), which converges from anywhere.
+    wild = np.full((20, 2), 1000.0)
+    redone = saga_lasso_path(x, y, alphas=[0.05], lr="auto", coef_init=wild, tol=1e-8, max_epochs=5000, batch_size=50,
+                             device="cpu", dtype="float64")
+    assert redone.extra["step_fraction"] == pytest.approx(1 / 3)
+    assert redone.step_size == pytest.approx(1.0 / (3 * redone.lipschitz), rel=1e-6)
+    for t in range(2):
+        ref = Lasso(alpha=0.05, tol=1e-12, max_iter=100_000).fit(xs, y[:, t])
+        for result in (fast, redone):
+            w = result.weight[:, t]
+            ours = _objective(xs, y[:, t], w * sd, float(result.bias[t] + mu @ w), 0.05)
+            theirs = _objective(xs, y[:, t], ref.coef_, ref.intercept_, 0.05)
+            assert abs(ours - theirs) <= 1e-4 * theirs
 
 
 def test_lambda_max_zeroes_weights_and_grid_is_geometric() -> None:
