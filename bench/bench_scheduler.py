@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model, git_commit  # bench/, next to this script
 
 __all__ = ["main"]
 
@@ -57,21 +58,8 @@ def _environment() -> dict[str, object]:
     import torch
     import zarr
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "commit": commit, "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+        "commit": git_commit(short=True), "cpu": cpu_model(), "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__,
