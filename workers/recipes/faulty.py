@@ -24,21 +24,19 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from storage.layout import DatasetInfo
-from workers.recipe import Recipe, RecipeParams, TrainingBlock
-from workers.recipes.noop import random_outputs
+from workers.recipe import TrainingBlock
+from workers.recipes.noop import NoopParams, NoopRecipe, random_outputs
 
 __all__ = ["FaultMode", "FaultyParams", "FaultyRecipe", "count_attempt"]
 
 FaultMode = Literal["crash", "raise", "hang", "bad_shape"]
 
 
-class FaultyParams(RecipeParams):
-    """Parameters of ``faulty``: noop's sizes plus which blocks fail and how."""
+class FaultyParams(NoopParams):
+    """Parameters of ``faulty``: noop's (smaller sizes by default) plus which blocks fail and how."""
 
     n_train: int = Field(20, ge=1, description="training examples (mask length)")
     n_test: int = Field(5, ge=1, description="test examples (margins per model)")
-    n_classes: int = Field(10, ge=2, description="classes (logits per test example)")
     faults: dict[int, FaultMode] = Field(default_factory=dict, description="block id -> crash|raise|hang|bad_shape")
     fail_attempts: int | None = Field(
         None, ge=1, description="fail only the first n attempts of each listed block (None: every attempt)"
@@ -73,20 +71,12 @@ def count_attempt(state_dir: Path, block_id: int) -> int:
         return attempt
 
 
-class FaultyRecipe(Recipe):
+class FaultyRecipe(NoopRecipe):
     """Fails the chosen blocks the chosen way; otherwise behaves like ``noop``."""
 
     name = "faulty"
     Params = FaultyParams
     params: FaultyParams
-    supported_outputs = frozenset({"margins/test", "margins/train", "logits/test"})
-
-    def dataset_info(self) -> DatasetInfo:
-        p = self.params
-        return DatasetInfo(name="faulty", n_train=p.n_train, n_test=p.n_test, n_classes=p.n_classes)
-
-    def setup(self, device: str) -> None:
-        """Nothing to load."""
 
     def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
         mode = self.params.faults.get(int(block.block_id))
@@ -102,7 +92,7 @@ class FaultyRecipe(Recipe):
                 margins = outputs["margins/test"]
                 outputs["margins/test"] = np.concatenate([margins, margins[:, :1]], axis=1)
                 return outputs
-        return random_outputs(block, self.dataset_info())
+        return super().train_block(block)
 
     def _should_fail(self, block_id: int) -> bool:
         p = self.params

@@ -64,7 +64,7 @@ class NoopRecipe(Recipe):
 
     def dataset_info(self) -> DatasetInfo:
         p = self.params
-        return DatasetInfo(name="noop", n_train=p.n_train, n_test=p.n_test, n_classes=p.n_classes)
+        return DatasetInfo(name=self.name, n_train=p.n_train, n_test=p.n_test, n_classes=p.n_classes)
 
     def setup(self, device: str) -> None:
         """Nothing to load."""
