@@ -162,6 +162,7 @@ def _memory_child(store: str, max_memory: int, targets: int) -> None:
 
 def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     from storage.layout import DatasetInfo
+    from storage.metadata import ImportProvenance, import_metadata
     from storage.sweep_store import SweepStore
 
     bound = args.max_memory_mib << 20
@@ -170,9 +171,10 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     rows = -(-4 * bound // n_features // block) * block
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         path = Path(tmp) / "mem.zarr"
-        store = SweepStore.create(path, spec={"bench": "memory"}, spec_hash="bench",
-                                  dataset=DatasetInfo("bench", n_features, 16, 2), num_models=rows, block=block,
-                                  outputs=("margins/test",))
+        store = SweepStore.create(path, import_metadata(
+            ImportProvenance(source="benchmark", description="Bernoulli(1/2) masks for the memory bound"),
+            dataset=DatasetInfo(name="bench", n_train=n_features, n_test=16, n_classes=2), num_models=rows,
+            block=block, outputs=("margins/test",)))
         rng = np.random.default_rng(0)
         beta = np.zeros((n_features, 16), dtype=np.float32)
         beta[:20] = rng.normal(0, 0.1, (20, 16))

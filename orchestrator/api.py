@@ -115,7 +115,7 @@ def run_sweep(
         store = store.reopen()
         check_store_matches(store, spec)
         if spec.num_models > store.num_models:
-            store.resize(spec.num_models, spec.model_dump(mode="json"))
+            store.resize(spec)
             store = store.reopen()
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -142,7 +142,7 @@ def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
     if num_models % store.block:
         raise InputError(f"--num-models ({num_models}) must be a multiple of the block size ({store.block})")
     with _lease(store.path, ttl_s=30.0):
-        store.resize(num_models, spec.model_copy(update={"num_models": num_models}).model_dump(mode="json"))
+        store.resize(spec.model_copy(update={"num_models": num_models}))
     return store.reopen()
 
 

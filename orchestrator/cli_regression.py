@@ -131,7 +131,7 @@ def import_npy_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a store from published .npy masks and margins (memory-mapped, row block by row block)."""
-    from regression.formats import import_npy
+    from storage.published import import_npy
 
     result = _call(lambda: import_npy(masks, margins, store, block=block, dataset_name=dataset_name,
                                       progress=progress and not as_json))
@@ -150,7 +150,7 @@ def export_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Write datamodels in the published format: {weight [N_train, T], bias [T], lam [T]}."""
-    from regression.formats import export
+    from storage.published import export
 
     def call() -> Path:
         if format not in ("pt", "npy"):

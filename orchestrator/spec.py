@@ -1,17 +1,21 @@
-"""The sweep spec: one YAML file, validated before anything is written."""
+"""Reading a sweep spec: one YAML file, validated (recipe parameters included) before anything is written.
+
+The spec's model, :class:`storage.spec.SweepSpec`, lives with the store that
+records it; this module turns a file or a mapping into one, and checks that the
+recipe it names exists and accepts its parameters.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from storage.errors import SpecError
-from workers.recipe import build_recipe, format_validation_error
+from storage.errors import DmsweepError, InputError, SpecError
+from storage.spec import OutputsSpec, RecipeSpec, ResourcesSpec, SweepSpec, spec_differences, spec_hash
+from storage.validation import validate_model
+from workers.recipe import build_recipe
 
 __all__ = [
     "RecipeSpec",
@@ -22,117 +26,26 @@ __all__ = [
     "parse_spec",
     "spec_hash",
     "spec_differences",
-    "IDENTITY_EXCLUDED",
 ]
-
-#: Fields that may differ between the stored spec and the one a run is given:
-#: ``num_models`` grows through ``dmsweep extend``; the store's path is where
-#: the store is; resources, retries and timeout change how blocks run, never
-#: what they write (docs/decisions.md).
-IDENTITY_EXCLUDED = frozenset({"store", "num_models", "resources", "retries", "timeout_s"})
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RecipeSpec(_Strict):
-    """Which recipe trains the models, and its parameters."""
-
-    name: str = Field(description="Built-in recipe name (mnist1d-cnn, digits-mlp, cifar10-resnet9, legacy, noop, faulty) or 'package.module:Class'.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The recipe's own parameters, validated by the recipe.")
-
-
-class OutputsSpec(_Strict):
-    """Which per-model outputs are recorded. Test margins always are."""
-
-    train_margins: bool = Field(False, description="Also record the margin on every training example.")
-    test_logits: bool = Field(False, description="Also record the full test logits [N_test, C].")
-
-    def names(self) -> tuple[str, ...]:
-        names = ["margins/test"]
-        if self.train_margins:
-            names.append("margins/train")
-        if self.test_logits:
-            names.append("logits/test")
-        return tuple(names)
-
-
-class ResourcesSpec(_Strict):
-    """Resources of one worker actor (it trains one block at a time)."""
-
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker actor.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker actor; fractions let small models share a GPU.")
-
-
-class SweepSpec(_Strict):
-    """A whole sweep: where it is stored, what trains, on how many subsets."""
-
-    store: str = Field(description="Path of the Zarr store (a shared filesystem path on a cluster).")
-    recipe: RecipeSpec
-    alpha: float | None = Field(None, gt=0, lt=1, description="Subset fraction: each model trains on exactly round(alpha*N) examples. Required unless masks_file is given.")
-    masks_file: str | None = Field(None, description="Optional .npy of bool [num_models, N_train]: explicit subsets instead of random ones (e.g. retraining without chosen examples). Must be on a filesystem every worker sees.")
-    num_models: int = Field(gt=0, description="Number of models (rows); a multiple of block.")
-    block: int = Field(64, gt=0, le=65536, description="Models per task = rows per chunk.")
-    seed: int = Field(0, ge=0, description="Base seed; masks and training seeds derive from (seed, model index).")
-    outputs: OutputsSpec = Field(default_factory=OutputsSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    retries: int = Field(2, ge=0, description="Attempts after the first before a block is recorded as failed.")
-    timeout_s: float = Field(3600.0, gt=0, description="Driver-side limit on one block's wall time.")
-
-    @model_validator(mode="after")
-    def _num_models_is_whole_blocks(self) -> SweepSpec:
-        if self.num_models % self.block:
-            raise ValueError(f"num_models ({self.num_models}) must be a multiple of block ({self.block})")
-        if self.alpha is None and self.masks_file is None:
-            raise ValueError("alpha: Field required (or give masks_file)")
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what the store holds (see :data:`IDENTITY_EXCLUDED`)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in IDENTITY_EXCLUDED}
-
-
-def spec_hash(spec: SweepSpec) -> str:
-    """sha256 of the canonical JSON of the spec's identity fields."""
-    canonical = json.dumps(spec.identity(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
-
-
-def spec_differences(stored: SweepSpec, given: SweepSpec) -> list[str]:
-    """Identity fields that differ, as 'field: stored -> given' lines."""
-    old, new = _flatten(stored.identity()), _flatten(given.identity())
-    return [
-        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
-    ]
 
 
 def parse_spec(data: Any, *, source: str = "spec", check_recipe: bool = True) -> SweepSpec:
-    """Validate a mapping as a :class:`SweepSpec` (and the recipe's params)."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    """Validate a mapping as a :class:`SweepSpec` (and, with ``check_recipe``, the recipe's params).
+
+    Raises
+    ------
+    SpecError
+        One line naming every invalid field, prefixed with ``source``.
+    """
     try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+        spec = validate_model(SweepSpec, data, source=source)
+    except InputError as exc:
+        raise SpecError(str(exc), params=exc.params) from None
     if check_recipe:
         try:
             build_recipe(spec.recipe.name, spec.recipe.params)
-        except SpecError:
-            raise
-        except Exception as exc:  # RecipeError and friends, already one line
-            raise SpecError(f"{source}: {exc}") from None
+        except DmsweepError as exc:  # RecipeError and friends, already one line
+            raise SpecError(f"{source}: {exc}", params=("recipe",)) from None
     return spec
 
 
@@ -142,9 +55,9 @@ def load_spec(path: str | Path, *, check_recipe: bool = True) -> SweepSpec:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise SpecError(f"cannot read spec {str(path)!r}: {exc.strerror}") from None
+        raise SpecError(f"cannot read spec {str(path)!r}: {exc.strerror}", params=("spec",)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", params=("spec",)) from None
     return parse_spec(data, source=str(path), check_recipe=check_recipe)

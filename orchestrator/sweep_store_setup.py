@@ -6,17 +6,26 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.spec import SweepSpec, parse_spec, spec_differences, spec_hash
 from storage.errors import InputError, StoreMismatchError
-from storage.sweep_store import SweepStore, is_sweep_store
+from storage.metadata import sweep_metadata
+from storage.spec import SweepSpec, spec_differences
+from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from workers.recipe import build_recipe
 
-__all__ = ["stored_spec", "create_store", "check_store_matches", "open_store_for_spec"]
+__all__ = ["stored_spec", "create_store", "check_store_matches", "open_store_for_spec", "check_masks_file"]
 
 
 def stored_spec(store: SweepStore) -> SweepSpec:
-    """The spec a store was created from."""
-    return parse_spec(store.spec, source=f"{store.path} (stored spec)", check_recipe=False)
+    """The spec a sweep store was created from; InputError for an imported store."""
+    spec = store.spec
+    if spec is None:
+        provenance = store.metadata.provenance  # type: ignore[union-attr]
+        raise InputError(
+            f"{str(store.path)!r} is an imported store (source: {provenance.source}); it has no sweep spec, "
+            "so nothing can be trained into it",
+            params=("store",),
+        )
+    return spec
 
 
 def check_masks_file(path: str, *, num_models: int, n_train: int) -> None:
@@ -24,11 +33,12 @@ def check_masks_file(path: str, *, num_models: int, n_train: int) -> None:
     try:
         masks = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
-        raise InputError(f"masks_file {path!r} is not a readable .npy file ({exc})") from None
+        raise InputError(f"masks_file {path!r} is not a readable .npy file ({exc})", params=("masks_file",)) from None
     if masks.dtype != np.bool_ or masks.shape != (num_models, n_train):
         raise InputError(
             f"masks_file {path!r} must be bool [{num_models}, {n_train}] (num_models x N_train); "
-            f"it is {masks.dtype} {list(masks.shape)}"
+            f"it is {masks.dtype} {list(masks.shape)}",
+            params=("masks_file",),
         )
 
 
@@ -37,19 +47,14 @@ def create_store(spec: SweepSpec) -> SweepStore:
     recipe = build_recipe(spec.recipe.name, spec.recipe.params)
     missing = [name for name in spec.outputs.names() if name not in recipe.supported_outputs]
     if missing:
-        raise InputError(f"recipe {spec.recipe.name!r} cannot record {missing}; it supports {sorted(recipe.supported_outputs)}")
+        raise InputError(
+            f"recipe {spec.recipe.name!r} cannot record {missing}; it supports {sorted(recipe.supported_outputs)}",
+            params=("outputs",),
+        )
     dataset = recipe.dataset_info()
     if spec.masks_file is not None:
         check_masks_file(spec.masks_file, num_models=spec.num_models, n_train=dataset.n_train)
-    return SweepStore.create(
-        spec.store,
-        spec=spec.model_dump(mode="json"),
-        spec_hash=spec_hash(spec),
-        dataset=dataset,
-        num_models=spec.num_models,
-        block=spec.block,
-        outputs=spec.outputs.names(),
-    )
+    return SweepStore.create(spec.store, sweep_metadata(spec, dataset=dataset))
 
 
 def check_store_matches(store: SweepStore, spec: SweepSpec) -> None:
@@ -75,9 +80,9 @@ def open_store_for_spec(spec: SweepSpec, *, create: bool = True) -> tuple[SweepS
     its lease.
     """
     path = Path(spec.store)
-    if not is_sweep_store(path):
+    if probe_store(path) is StoreProbe.ABSENT:
         if not create:
-            raise InputError(f"no store at {str(path)!r}")
+            raise InputError(f"no store at {str(path)!r}", params=("store",))
         return create_store(spec), True
     store = SweepStore.open(path, mode="r+")
     check_store_matches(store, spec)

@@ -1,8 +1,7 @@
 """Datamodel regression: the streaming loader, the SAGA LASSO path solver, LDS.
 
 Importing this package pulls in torch but never Ray or the store; the fit and
-evaluation functions live in :mod:`regression.fit`, :mod:`regression.lds` and
-:mod:`regression.formats`.
+evaluation functions live in :mod:`regression.fit` and :mod:`regression.lds`.
 """
 
 from __future__ import annotations

@@ -28,9 +28,23 @@ class DmsweepError(Exception):
 
 
 class InputError(DmsweepError, ValueError):
-    """The user asked for something invalid; nothing was written."""
+    """The user asked for something invalid; nothing was written.
+
+    Parameters
+    ----------
+    message : str
+        One line that names the offending parameter(s) by their library name
+        (``rows``, ``n_alphas``...), the value received and what is allowed.
+    params : tuple of str
+        Those parameter names, so that a front end can say them its own way
+        (the CLI turns ``rows`` into ``--rows``).
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, params: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.params: tuple[str, ...] = tuple(params)
 
 
 class SpecError(InputError):

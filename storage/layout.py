@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "FORMAT_VERSION",
@@ -17,33 +17,24 @@ __all__ = [
     "output_dtype",
 ]
 
-FORMAT_VERSION = 1
+#: Version of the store layout and metadata; a store of another version is refused
+#: with a message naming both (docs/decisions.md, "Store").
+FORMAT_VERSION = 2
 
 OutputName = Literal["margins/test", "margins/train", "logits/test"]
 OUTPUT_NAMES: tuple[OutputName, ...] = ("margins/test", "margins/train", "logits/test")
 MASKS = "masks"
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
+class DatasetInfo(BaseModel):
     """What the store needs to know about a recipe's dataset to size its arrays."""
 
-    name: str
-    n_train: int
-    n_test: int
-    n_classes: int
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> DatasetInfo:
-        return cls(
-            name=str(data["name"]),
-            n_train=int(data["n_train"]),  # type: ignore[arg-type]
-            n_test=int(data["n_test"]),  # type: ignore[arg-type]
-            n_classes=int(data["n_classes"]),  # type: ignore[arg-type]
-        )
+    name: str = Field(description="A short name of the dataset (mnist1d, cifar10, ...).")
+    n_train: int = Field(ge=1, description="Training examples: the width of every mask.")
+    n_test: int = Field(ge=1, description="Test examples: the width of the test margins.")
+    n_classes: int = Field(ge=0, description="Classes (0 when unknown, as for imported margins).")
 
 
 def output_row_shape(name: str, dataset: DatasetInfo) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 
 Layout (DESIGN.md)::
 
-    <store>/            attrs["dmsweep"]: format_version, spec, spec_hash, dataset, num_models, block, outputs
+    <store>/            attrs["dmsweep"]: the store's metadata (storage.metadata: kind, spec or
+                        provenance, spec_hash, format_version, dataset, num_models, block, outputs)
       masks             bool    [M, N_train]      chunks (block, N_train)
       margins/test      float16 [M, N_test]       chunks (block, N_test)
       margins/train     float16 [M, N_train]      (optional)
@@ -11,19 +12,22 @@ Layout (DESIGN.md)::
       datamodels/<name>/...
 
 A block is the unit of work and of storage: block ``b`` is rows
-``[b*block, (b+1)*block)``, exactly one chunk of every per-model array.
+``[b*block, (b+1)*block)``, exactly one chunk of every per-model array. A sweep's
+``num_models`` is a multiple of its block; an imported store may end in a shorter
+last block (published files have whatever row count they have).
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import zarr
@@ -31,12 +35,12 @@ import zarr
 from storage.checksum import block_checksum
 from storage.codecs import ARRAY_CONFIG, checked_compressors
 from storage.errors import BlockFailedError, InputError, StoreError, StoreMismatchError
-from storage.layout import FORMAT_VERSION, MASKS, OUTPUT_NAMES, DatasetInfo, output_dtype, output_row_shape
+from storage.layout import MASKS, DatasetInfo, output_dtype, output_row_shape
 from storage.ledger import Ledger
+from storage.metadata import ATTRS_KEY, ImportMetadata, SweepMetadata, dump_metadata, parse_metadata
+from storage.spec import SweepSpec
 
-__all__ = ["SweepStore", "BlockWrite", "is_sweep_store", "ATTRS_KEY"]
-
-ATTRS_KEY = "dmsweep"
+__all__ = ["SweepStore", "BlockWrite", "StoreProbe", "probe_store", "ATTRS_KEY"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,39 @@ class BlockWrite:
     nbytes: int
 
 
-def is_sweep_store(path: str | Path) -> bool:
-    """True when ``path`` is a Zarr group carrying dmsweep's attributes."""
+class StoreProbe(enum.Enum):
+    """What is at a store path."""
+
+    ABSENT = "absent"  # nothing, or an empty directory
+    STORE = "store"  # a Zarr group with dmsweep metadata (validated when opened)
+    OTHER = "other"  # something that is not a dmsweep store
+
+
+def probe_store(path: str | Path) -> StoreProbe:
+    """Look at ``path`` without opening it as a store.
+
+    Raises
+    ------
+    StoreError
+        The path cannot be read (permission denied, an I/O error): that is
+        never mistaken for "not a store".
+    """
     path = Path(path)
-    if not (path / "zarr.json").is_file():
-        return False
     try:
-        return ATTRS_KEY in zarr.open_group(str(path), mode="r").attrs
-    except Exception:
-        return False
+        if not path.exists():
+            return StoreProbe.ABSENT
+        if path.is_dir() and not any(path.iterdir()):
+            return StoreProbe.ABSENT
+        marker = path / "zarr.json"
+        if not marker.is_file():
+            return StoreProbe.OTHER
+        document = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return StoreProbe.OTHER
+    except OSError as exc:
+        raise StoreError(f"cannot read the store at {str(path)!r}: {exc.strerror or exc}") from None
+    attrs = document.get("attributes") if isinstance(document, dict) else None
+    return StoreProbe.STORE if isinstance(attrs, dict) and ATTRS_KEY in attrs else StoreProbe.OTHER
 
 
 def _rows_to_index(rows: slice | np.ndarray | Sequence[int], num_models: int) -> np.ndarray:
@@ -85,47 +113,45 @@ class SweepStore:
     old shape).
     """
 
-    def __init__(self, group: zarr.Group, path: Path, mode: Literal["r", "r+"]) -> None:
+    def __init__(
+        self, group: zarr.Group, path: Path, mode: Literal["r", "r+"], metadata: SweepMetadata | ImportMetadata
+    ) -> None:
         self._group = group
         self._path = path
         self._mode = mode
-        self._meta: dict[str, Any] = dict(group.attrs[ATTRS_KEY])  # type: ignore[arg-type]
+        self._meta = metadata
 
     # -- creation and opening ------------------------------------------------
     @classmethod
-    def create(
-        cls,
-        path: str | Path,
-        *,
-        spec: Mapping[str, Any],
-        spec_hash: str,
-        dataset: DatasetInfo,
-        num_models: int,
-        block: int,
-        outputs: Sequence[str],
-    ) -> SweepStore:
+    def create(cls, path: str | Path, metadata: SweepMetadata | ImportMetadata) -> SweepStore:
         """Create a store with every array at full size, atomically.
 
         The store is built in a hidden sibling directory and renamed into
         place, so a crash during creation leaves nothing at ``path``.
+
+        Parameters
+        ----------
+        path : where the store goes (absent, or an empty directory).
+        metadata : what the store is (:func:`storage.metadata.sweep_metadata` or
+            :func:`storage.metadata.import_metadata`).
         """
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            what = "a dmsweep store" if is_sweep_store(path) else "something else"
+        probe = probe_store(path)
+        if probe is not StoreProbe.ABSENT:
+            what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
             raise StoreMismatchError(f"store path {str(path)!r} already exists and holds {what}")
-        if num_models <= 0 or block <= 0 or num_models % block:
-            raise InputError(f"num_models ({num_models}) must be a positive multiple of block ({block})")
-        unknown = [name for name in outputs if name not in OUTPUT_NAMES]
-        if unknown or "margins/test" not in outputs:
-            raise InputError(f"outputs must include 'margins/test' and only names from {OUTPUT_NAMES}; got {list(outputs)}")
+        num_models, block = metadata.num_models, metadata.block
+        if isinstance(metadata, SweepMetadata) and num_models % block:
+            raise InputError(f"num_models ({num_models}) must be a positive multiple of block ({block})",
+                             params=("num_models", "block"))
         parent = path.parent
         if not parent.is_dir():
-            raise InputError(f"parent directory of the store {str(parent)!r} does not exist")
+            raise InputError(f"parent directory of the store {str(parent)!r} does not exist", params=("store",))
         staging = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
         try:
             group = zarr.open_group(str(staging), mode="w-")
-            for name in (MASKS, *outputs):
-                row_shape = output_row_shape(name, dataset)
+            for name in (MASKS, *metadata.outputs):
+                row_shape = output_row_shape(name, metadata.dataset)
                 dtype = output_dtype(name)
                 group.create_array(
                     name,
@@ -136,17 +162,8 @@ class SweepStore:
                     compressors=checked_compressors(),
                     config=ARRAY_CONFIG,
                 )
-            Ledger.create(group, num_models // block)
-            group.attrs[ATTRS_KEY] = {
-                "format_version": FORMAT_VERSION,
-                "spec": dict(spec),
-                "spec_hash": spec_hash,
-                "dataset": dataset.to_dict(),
-                "num_models": int(num_models),
-                "block": int(block),
-                "outputs": list(outputs),
-                "created_at": time.time(),
-            }
+            Ledger.create(group, metadata.num_blocks)
+            group.attrs[ATTRS_KEY] = dump_metadata(metadata)
             if path.exists():
                 path.rmdir()  # an empty directory the user made for us
             os.rename(staging, path)
@@ -157,17 +174,26 @@ class SweepStore:
 
     @classmethod
     def open(cls, path: str | Path, *, mode: Literal["r", "r+"] = "r") -> SweepStore:
-        """Open an existing store; refuse what is not one, or a newer format."""
+        """Open an existing store and validate its metadata.
+
+        Raises
+        ------
+        InputError
+            Nothing at ``path``.
+        StoreMismatchError
+            Not a dmsweep store, another layout version, or metadata that fails
+            validation or whose spec hash no longer matches.
+        StoreError
+            The path cannot be read.
+        """
         path = Path(path)
-        if not path.exists():
-            raise InputError(f"no store at {str(path)!r}")
-        if not is_sweep_store(path):
-            raise StoreMismatchError(f"{str(path)!r} is not a dmsweep store")
+        probe = probe_store(path)
+        if probe is StoreProbe.ABSENT:
+            raise InputError(f"no store at {str(path)!r}", params=("store",))
+        if probe is StoreProbe.OTHER:
+            raise StoreMismatchError(f"{str(path)!r} is not a dmsweep store", params=("store",))
         group = zarr.open_group(str(path), mode=mode)
-        version = group.attrs[ATTRS_KEY].get("format_version")  # type: ignore[union-attr]
-        if version != FORMAT_VERSION:
-            raise StoreError(f"{str(path)!r} has store format {version}; this dmsweep reads format {FORMAT_VERSION}")
-        return cls(group, path, mode)
+        return cls(group, path, mode, parse_metadata(group.attrs, where=str(path)))
 
     def reopen(self) -> SweepStore:
         """A fresh handle (after another process resized or re-ledgered the store)."""
@@ -183,32 +209,42 @@ class SweepStore:
         return self._group
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return dict(self._meta["spec"])
+    def metadata(self) -> SweepMetadata | ImportMetadata:
+        """What the store is: a sweep with its spec, or an import with its provenance."""
+        return self._meta
+
+    @property
+    def kind(self) -> Literal["sweep", "import"]:
+        return self._meta.kind
+
+    @property
+    def spec(self) -> SweepSpec | None:
+        """The sweep's spec; None for an imported store."""
+        return self._meta.spec if isinstance(self._meta, SweepMetadata) else None
 
     @property
     def spec_hash(self) -> str:
-        return str(self._meta["spec_hash"])
+        return self._meta.spec_hash
 
     @property
     def dataset(self) -> DatasetInfo:
-        return DatasetInfo.from_dict(self._meta["dataset"])
+        return self._meta.dataset
 
     @property
     def num_models(self) -> int:
-        return int(self._meta["num_models"])
+        return self._meta.num_models
 
     @property
     def block(self) -> int:
-        return int(self._meta["block"])
+        return self._meta.block
 
     @property
     def num_blocks(self) -> int:
-        return self.num_models // self.block
+        return self._meta.num_blocks
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return tuple(self._meta["outputs"])
+        return tuple(self._meta.outputs)
 
     @property
     def ledger(self) -> Ledger:
@@ -221,9 +257,10 @@ class SweepStore:
         return zarr.open_array(str(self._path / name), mode=self._mode)
 
     def block_rows(self, block_id: int) -> range:
+        """Rows of block ``block_id`` (the last block of an import may be short)."""
         if not 0 <= block_id < self.num_blocks:
             raise InputError(f"block {block_id} is outside [0, {self.num_blocks})")
-        return range(block_id * self.block, (block_id + 1) * self.block)
+        return range(block_id * self.block, min((block_id + 1) * self.block, self.num_models))
 
     # -- writing ---------------------------------------------------------------
     def write_block(self, block_id: int, arrays: Mapping[str, np.ndarray]) -> BlockWrite:
@@ -255,25 +292,32 @@ class SweepStore:
             nbytes += data.nbytes
         return BlockWrite(checksum=checksum, nbytes=nbytes)
 
-    def resize(self, num_models: int, spec: Mapping[str, Any]) -> None:
-        """Grow every per-model array and the ledger (the driver's ``extend``)."""
+    def resize(self, spec: SweepSpec) -> None:
+        """Grow every per-model array and the ledger to ``spec.num_models`` (the driver's ``extend``)."""
+        meta = self._meta
+        if not isinstance(meta, SweepMetadata):
+            raise InputError(f"{str(self._path)!r} is an imported store: nothing can be trained into it, so it cannot grow")
+        num_models = spec.num_models
         if num_models < self.num_models:
-            raise InputError(f"num_models can only grow: the store has {self.num_models}, asked {num_models}")
+            raise InputError(f"num_models can only grow: the store has {self.num_models}, asked {num_models}",
+                             params=("num_models",))
         if num_models % self.block:
-            raise InputError(f"num_models ({num_models}) must be a multiple of block ({self.block})")
+            raise InputError(f"num_models ({num_models}) must be a multiple of block ({self.block})",
+                             params=("num_models",))
         for name in (MASKS, *self.outputs):
             array = self.array(name)
             array.resize((num_models, *array.shape[1:]))
         self.ledger.resize(num_models // self.block)
-        meta = dict(self._meta, num_models=int(num_models), spec=dict(spec))
-        self._group.attrs[ATTRS_KEY] = meta
-        self._meta = meta
+        grown = meta.model_copy(update={"num_models": int(num_models), "spec": spec})
+        self._group.attrs[ATTRS_KEY] = dump_metadata(grown)
+        self._meta = grown
 
     # -- reading -----------------------------------------------------------------
     def completed_rows(self) -> np.ndarray:
         """Sorted int64 rows of every completed block."""
         blocks = self.ledger.completed_blocks()
-        return (blocks[:, None] * self.block + np.arange(self.block)[None, :]).reshape(-1)
+        rows = (blocks[:, None] * self.block + np.arange(self.block)[None, :]).reshape(-1)
+        return rows[rows < self.num_models]
 
     def read(self, name: str, rows: slice | np.ndarray | Sequence[int]) -> np.ndarray:
         """Read completed rows of ``masks`` or an output, in the order given.

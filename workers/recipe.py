@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from storage.errors import RecipeError
 from storage.layout import DatasetInfo
+from storage.validation import format_validation_error
 
 __all__ = [
     "TrainingBlock",
@@ -30,7 +31,6 @@ __all__ = [
     "BUILTIN_RECIPES",
     "resolve_recipe_class",
     "build_recipe",
-    "format_validation_error",
 ]
 
 
@@ -143,16 +143,6 @@ def resolve_recipe_class(name: str) -> type[Recipe]:
     if not (isinstance(cls, type) and issubclass(cls, Recipe)):
         raise RecipeError(f"recipe {name!r} is not a subclass of workers.recipe.Recipe")
     return cls
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line naming every invalid field, its problem and the value received."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        received = f" (got {err['input']!r})" if err.get("type") != "missing" and "input" in err else ""
-        parts.append(f"{loc or '<root>'}: {err['msg']}{received}")
-    return "; ".join(parts)
 
 
 def build_recipe(name: str, params: Mapping[str, Any] | None = None) -> Recipe:

@@ -11,6 +11,7 @@ import orchestrator.cli_analysis  # noqa: F401  (registers `analyze` and `report
 from orchestrator.cli import app
 from storage.datamodels import create_datamodels, write_columns
 from storage.layout import DatasetInfo
+from storage.metadata import ImportProvenance, import_metadata
 from storage.sweep_store import SweepStore
 from workers.masks import block_masks
 
@@ -30,11 +31,11 @@ def planted_store(path: Path, *, m: int = 640, n_train: int = 30, n_test: int = 
         beta[rng.choice(n_train, size=5, replace=False), t] = rng.normal(0, 1, size=5)
     bias = rng.normal(0, 1, size=n_test) - beta.sum(0) / 2
     margins = masks @ beta + bias + rng.normal(0, noise, size=(m, n_test))
-    store = SweepStore.create(
-        path, spec={"test": True, "alpha": 0.5}, spec_hash="planted",
+    store = SweepStore.create(path, import_metadata(
+        ImportProvenance(source="planted", description="planted linear truth of the analysis tests", alpha=0.5),
         dataset=DatasetInfo(name="planted", n_train=n_train, n_test=n_test, n_classes=2),
         num_models=m, block=block, outputs=("margins/test",),
-    )
+    ))
     for b in range(m // block):
         rows = slice(b * block, (b + 1) * block)
         written = store.write_block(b, {"masks": masks[rows], "margins/test": margins[rows].astype(np.float16)})

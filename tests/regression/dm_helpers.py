@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.layout import DatasetInfo
+from storage.metadata import ImportProvenance, import_metadata
 from storage.sweep_store import SweepStore
 from workers.masks import block_masks
 
@@ -27,11 +28,11 @@ def build_store(path: Path, masks: np.ndarray, margins: np.ndarray, *, block: in
                 complete: list[int] | None = None) -> SweepStore:
     """A real store holding ``masks``/``margins``; only blocks in ``complete`` (default all) are marked done."""
     m, n_train = masks.shape
-    store = SweepStore.create(
-        path, spec={"test": True, "num_models": m}, spec_hash="test",
+    store = SweepStore.create(path, import_metadata(
+        ImportProvenance(source="planted", description="sparse linear outputs planted by the regression tests"),
         dataset=DatasetInfo(name="planted", n_train=n_train, n_test=margins.shape[1], n_classes=2),
         num_models=m, block=block, outputs=("margins/test",),
-    )
+    ))
     for b in range(m // block) if complete is None else complete:
         rows = slice(b * block, (b + 1) * block)
         written = store.write_block(b, {"masks": masks[rows], "margins/test": margins[rows]})

@@ -11,7 +11,7 @@ from dm_helpers import build_store, planted
 
 from conftest import tree_snapshot
 from regression.fit import fit_datamodels
-from regression.formats import export, import_npy
+from storage.published import export, import_npy
 from regression.lds import evaluate_lds
 from regression.loader import StoreSource, split_batches
 from regression.saga import SagaConfig, solve_source

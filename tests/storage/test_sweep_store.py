@@ -5,17 +5,19 @@ import pytest
 
 from storage.errors import BlockFailedError, InputError, StoreMismatchError
 from storage.layout import DatasetInfo
+from storage.metadata import ImportProvenance, import_metadata, sweep_metadata
+from storage.spec import OutputsSpec, RecipeSpec, SweepSpec
 from storage.ledger import BlockStatus
 from storage.sweep_store import SweepStore
 from storage.verify import verify_store
 
-DATASET = DatasetInfo("synthetic", n_train=300, n_test=40, n_classes=3)
+DATASET = DatasetInfo(name="synthetic", n_train=300, n_test=40, n_classes=3)
 
 
 def make_store(path, *, num_models: int = 64, block: int = 16, outputs=("margins/test", "logits/test")) -> SweepStore:
-    return SweepStore.create(
-        path, spec={"seed": 0}, spec_hash="h", dataset=DATASET, num_models=num_models, block=block, outputs=outputs
-    )
+    return SweepStore.create(path, import_metadata(
+        ImportProvenance(source="synthetic"), dataset=DATASET, num_models=num_models, block=block, outputs=outputs
+    ))
 
 
 def block_data(rng: np.random.Generator, block: int = 16) -> dict[str, np.ndarray]:
@@ -106,11 +108,13 @@ def test_create_refuses_existing_paths(tmp_path) -> None:
 
 
 def test_resize_keeps_rows_and_grows_ledger(tmp_path) -> None:
-    store = make_store(tmp_path / "s.zarr")
+    spec = SweepSpec(store=str(tmp_path / "s.zarr"), recipe=RecipeSpec(name="noop"), alpha=0.5, num_models=64, block=16,
+                     outputs=OutputsSpec(test_logits=True))
+    store = SweepStore.create(tmp_path / "s.zarr", sweep_metadata(spec, dataset=DATASET))
     data = block_data(np.random.default_rng(3))
     written = store.write_block(3, data)
     store.ledger.mark_complete(3, checksum=written.checksum, seconds=1.0, node="n1")
-    store.resize(128, {"seed": 0, "num_models": 128})
+    store.resize(store.spec.model_copy(update={"num_models": 128}))
     grown = store.reopen()
     assert grown.num_models == 128 and grown.num_blocks == 8 and grown.array("masks").shape == (128, 300)
     assert np.array_equal(grown.read("masks", slice(48, 64)), data["masks"])

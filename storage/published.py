@@ -7,8 +7,6 @@ datamodels as a ``.pt`` dict ``{"weight": [N_train, T], "bias": [T], "lam": [T]}
 
 from __future__ import annotations
 
-import hashlib
-import json
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -16,11 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from storage.datamodels import read_datamodels
 from storage.errors import InputError
 from storage.layout import DatasetInfo
+from storage.metadata import ImportProvenance, import_metadata
 from storage.sweep_store import SweepStore
 
 __all__ = ["ImportResult", "import_npy", "export"]
@@ -105,17 +103,16 @@ def import_npy(
             if not np.isfinite(part).all():
                 raise InputError(f"margins have NaN or infinite values (as float16) in rows [{start}, {start + block})")
             advance(block)
-    spec = {
-        "imported_from": {"masks": str(Path(masks_path).resolve()), "margins": str(Path(margins_path).resolve())},
-        "num_models": int(m),
-        "block": int(block),
-    }
-    spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    store = SweepStore.create(
-        store_path, spec=spec, spec_hash=spec_hash,
+    provenance = ImportProvenance(
+        source="npy",
+        files={"masks": str(Path(masks_path).resolve()), "margins/test": str(Path(margins_path).resolve())},
+        alpha=_mean_fraction(masks, block),
+    )
+    store = SweepStore.create(store_path, import_metadata(
+        provenance,
         dataset=DatasetInfo(name=dataset_name, n_train=int(n_train), n_test=int(margins.shape[1]), n_classes=int(n_classes)),
         num_models=int(m), block=int(block), outputs=("margins/test",),
-    )
+    ))
     node = socket.gethostname()
     with _progress(progress, "importing blocks", m) as advance:
         for block_id in range(m // block):
@@ -169,12 +166,20 @@ def export(
         raise InputError(f"datamodels {name!r} are not completely fitted; finish the fit before exporting")
     arrays = {"weight": dm.weight.astype(np.float32), "bias": dm.bias.astype(np.float32), "lam": dm.lam.astype(np.float32)}
     if fmt == "pt":
+        import torch  # only the .pt format needs it
+
         torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, out)
     else:
         out.mkdir(exist_ok=True)
         for key, value in arrays.items():
             np.save(out / f"{key}.npy", value)
     return out
+
+
+def _mean_fraction(masks: np.ndarray, block: int) -> float | None:
+    """Mean fraction of the training set per subset, over the first block of masks."""
+    fraction = float(np.asarray(masks[: max(1, block)]).mean())
+    return fraction if 0 < fraction < 1 else None
 
 
 def _load(path: str | Path, what: str) -> np.ndarray:
