@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from storage.errors import LeaseHeldError
 from storage.lease import LEASE_FILE, Lease, read_lease
+
+
+class FakeClock:
+    """Wall-clock seconds that only move when the test says so."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_second_driver_refused_while_fresh(tmp_path) -> None:
@@ -16,20 +25,37 @@ def test_second_driver_refused_while_fresh(tmp_path) -> None:
     assert read_lease(tmp_path) is None  # released on exit
 
 
-def test_stale_lease_is_taken_over(tmp_path) -> None:
-    first = Lease(tmp_path, ttl_s=0.6, heartbeat_s=0.1)
-    first.acquire()
-    # The first driver's heartbeat stops (as if its process froze)...
-    first._stop.set()
-    first._thread.join()
-    time.sleep(0.7)
-    second = Lease(tmp_path, ttl_s=0.6, heartbeat_s=0.1)
-    second.acquire()
-    assert read_lease(tmp_path).holder == second._holder
+def test_stale_lease_is_taken_over_and_the_first_driver_learns_it_lost(tmp_path) -> None:
+    clock = FakeClock()
+    first = Lease(tmp_path, ttl_s=30, clock=clock)
+    first.acquire(heartbeat=False)
+    clock.now += 29.0  # still fresh: refused
+    with pytest.raises(LeaseHeldError, match="heartbeat 29s ago"):
+        Lease(tmp_path, ttl_s=30, clock=clock).acquire(heartbeat=False)
+    clock.now += 2.0  # the first driver's heartbeat is now 31 s old
+    second = Lease(tmp_path, ttl_s=30, clock=clock)
+    second.acquire(heartbeat=False)
+    assert read_lease(tmp_path).holder == second.holder
+    assert not first.renew() and first.lost  # its next heartbeat sees the new holder and stops
+    first.release()
+    assert read_lease(tmp_path).holder == second.holder  # releasing a lost lease removes nothing
     second.release()
+    assert read_lease(tmp_path) is None
+
+
+def test_renewed_lease_stays_fresh(tmp_path) -> None:
+    clock = FakeClock()
+    lease = Lease(tmp_path, ttl_s=30, clock=clock)
+    lease.acquire(heartbeat=False)
+    for _ in range(5):
+        clock.now += 20.0
+        assert lease.renew()
+    with pytest.raises(LeaseHeldError):
+        Lease(tmp_path, ttl_s=30, clock=clock).acquire(heartbeat=False)
+    lease.release()
 
 
 def test_torn_lease_file_is_no_lease(tmp_path) -> None:
     (tmp_path / LEASE_FILE).write_text("{not json")
     with Lease(tmp_path, ttl_s=5) as lease:
-        assert json.loads((tmp_path / LEASE_FILE).read_text())["holder"] == lease._holder
+        assert json.loads((tmp_path / LEASE_FILE).read_text())["holder"] == lease.holder
