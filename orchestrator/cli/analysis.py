@@ -1,10 +1,9 @@
 """CLI commands over :mod:`analysis`: ``dmsweep analyze KIND STORE ...`` and ``dmsweep report STORE``.
 
-Registered on :data:`orchestrator.cli.app` when this module is imported. Each
-command parses its options, calls one library function, writes the result
-(JSON and figures) into ``--out`` (default ``<store>.analysis/<kind>/`` next to
-the store) and prints a summary, or the result as JSON with ``--json``. Bad
-input is refused before anything is written.
+Each command parses its options, calls the library, writes the result (JSON
+and figures) into ``--out`` (default ``<store>.analysis/<kind>/`` next to the
+store) and prints a summary, or the result as JSON with ``--json``. Bad input
+is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -15,17 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli import JsonFlag, _call, _emit, _out, app, parse_range
+from orchestrator.cli.common import JsonFlag, emit, parse_range, run_command, say
+from orchestrator.cli.selection import parse_indices, parse_selection
 from storage.errors import InputError
 
-__all__ = ["analyze_app"]
-
-analyze_app = typer.Typer(
-    name="analyze",
-    help="Applications of fitted datamodels: counterfactual, brittleness, neighbors, leakage, embed, lds-curve.",
-    no_args_is_help=True,
-)
-app.add_typer(analyze_app, name="analyze")
+__all__ = ["register"]
 
 StoreArg = Annotated[Path, typer.Argument(help="Sweep store holding the datamodels.")]
 NameOpt = Annotated[str | None, typer.Option(help="Datamodels name (default: the store's only datamodels).")]
@@ -37,23 +30,17 @@ TargetsOpt = Annotated[
 ]
 
 
-def _say(text: str) -> None:
-    """One line of human output: no rich markup (lists of indices look like it), no wrapping."""
-    _out.print(text, highlight=False, markup=False, soft_wrap=True)
-
-
 def _finish(data: dict[str, Any], files: list[Path], as_json: bool, human: Any) -> None:
     data = {**data, "files": [str(f) for f in files]}
 
     def show() -> None:
         human()
         if files:
-            _say(f"wrote {len(files)} file{'s' if len(files) != 1 else ''} to {files[0].parent}")
+            say(f"wrote {len(files)} file{'s' if len(files) != 1 else ''} to {files[0].parent}")
 
-    _emit(data, as_json, show)
+    emit(data, as_json, show)
 
 
-@analyze_app.command()
 def counterfactual(
     store: StoreArg,
     name: NameOpt = None,
@@ -67,38 +54,34 @@ def counterfactual(
 ) -> None:
     """Predicted margin of targets for a training subset or a set of removed examples, with error bars."""
     from analysis.counterfactual import predict_counterfactual
-    from analysis.load import check_out_dir, datamodels_shape, parse_selection, prepare_out_dir
+    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
 
     def call():  # type: ignore[no-untyped-def]
         check_out_dir(out)
         shape = datamodels_shape(store, name=name)
-        removed = parse_selection(remove, remove_file, size=shape.n_train, what="--remove")
-        kept = parse_selection(subset, subset_file, size=shape.n_train, what="--subset")
-        if targets is None:
-            raise InputError("give --targets (e.g. --targets 0,5 or --targets 0:10)")
-        chosen = _targets(targets, shape)
+        removed = parse_selection(remove, remove_file, size=shape.n_train, param="remove")
+        kept = parse_selection(subset, subset_file, size=shape.n_train, param="subset")
+        chosen = None if targets is None else _targets(targets, shape)
         result = predict_counterfactual(store, name=shape.name, targets=chosen, removed=removed, subset=kept)
         return result, result.write(prepare_out_dir(out, store, "counterfactual"))
 
-    result, files = _call(call)
+    result, files = run_command(call)
 
     def human() -> None:
         what = (f"without {len(result.removed)} training examples" if result.mode == "removed"
                 else f"on a subset of {result.subset_size} training examples")
-        _say(f"{result.name}: predicted {result.output} {what} ({100 * result.subset_fraction:.1f}% of the "
+        say(f"{result.name}: predicted {result.output} {what} ({100 * result.subset_fraction:.1f}% of the "
                    f"training set; fitted at {100 * result.fit_fraction:.0f}%), ± RMS residual on "
                    f"{result.error_rows} {result.error_source}")
         for t, p, s, f in zip(result.targets, result.predicted, result.std, result.full):
-            _say(f"  target {t:>6}: {p:+.3f} ± {s:.3f}  ({'correct' if p > 0 else 'wrong'}; "
+            say(f"  target {t:>6}: {p:+.3f} ± {s:.3f}  ({'correct' if p > 0 else 'wrong'}; "
                        f"full training set {f:+.3f})")
 
     _finish(result.to_dict(), files, as_json, human)
 
 
 def _targets(text: str | None, shape: Any) -> Any:
-    from analysis.load import parse_indices
-
-    return parse_indices(text, size=shape.targets.stop, lo=shape.targets.start, what="--targets")
+    return parse_indices(text, size=shape.targets.stop, lo=shape.targets.start, param="targets")
 
 
 def _analyse_examples(
@@ -123,10 +106,9 @@ def _analyse_examples(
         result, write = analyse(shape.name, chosen, examples)
         return result, write(prepare_out_dir(out, store, kind))
 
-    return _call(call)
+    return run_command(call)
 
 
-@analyze_app.command()
 def brittleness(
     store: StoreArg,
     name: NameOpt = None,
@@ -142,42 +124,41 @@ def brittleness(
 ) -> None:
     """Smallest predicted removal set that flips each target's prediction; --verify retrains to check."""
     from analysis.brittleness import brittleness as predict
-    from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
+    from analysis.load import check_out_dir, datamodels_shape, default_out_dir, prepare_out_dir
     from analysis.verify import plan_verification, verify_brittleness
+    from orchestrator.retrain import SweepRetrainer
 
     def call():  # type: ignore[no-untyped-def]
         check_out_dir(out)
         shape = datamodels_shape(store, name=name)
         chosen = _targets(targets, shape)
         result = predict(store, name=shape.name, targets=chosen, max_k=max_k)
-        folder = Path(out) if out is not None else None
         if verify:
-            from analysis.load import default_out_dir
-
-            where = folder if folder is not None else default_out_dir(store, "brittleness")
-            plan_verification(result, out_dir=where, seeds=seeds, max_targets=verify_targets, seed=seed)
+            # Both refuse bad input before the output folder or the retraining store exist.
+            where = Path(out) if out is not None else default_out_dir(store, "brittleness")
+            retrain = SweepRetrainer(store, out_dir=where, seed=seed, address=address)
+            plan_verification(result, seeds=seeds, max_targets=verify_targets)
         directory = prepare_out_dir(out, store, "brittleness")
         if verify:
-            outcome = verify_brittleness(result, out_dir=directory, seeds=seeds, max_targets=verify_targets,
-                                         seed=seed, address=address)
+            outcome = verify_brittleness(result, retrain=retrain, seeds=seeds, max_targets=verify_targets)
             result.verification = outcome.to_dict()
         return result, result.write(directory)
 
-    result, files = _call(call)
+    result, files = run_command(call)
 
     def human() -> None:
         n = len(result.targets)
-        _say(f"{result.name}: {result.n_flippable}/{n} targets flippable by removing at most {result.max_k} "
+        say(f"{result.name}: {result.n_flippable}/{n} targets flippable by removing at most {result.max_k} "
                    f"training examples (median set size {result.median_size})")
         for k in (1, 5, 10, 50, 100, 500):
             if k <= result.max_k:
-                _say(f"  removing <= {k:>3}: {100 * result.curve_fraction[k - 1]:5.1f}% of targets flip")
+                say(f"  removing <= {k:>3}: {100 * result.curve_fraction[k - 1]:5.1f}% of targets flip")
         for t in result.targets[:10]:
             size = "no flip" if t.size is None else f"{t.size} examples {t.removal[:8]}{'...' if t.size > 8 else ''}"
-            _say(f"  target {t.target:>6} (full {t.full:+.2f}): {size}")
+            say(f"  target {t.target:>6} (full {t.full:+.2f}): {size}")
         if result.verification:
             v = result.verification
-            _say(f"verified by retraining {v['seeds']} models per candidate: {v['n_confirmed']}/"
+            say(f"verified by retraining {v['seeds']} models per candidate: {v['n_confirmed']}/"
                        f"{v['n_candidates']} predicted flips confirmed ({100 * v['confirmation_rate']:.0f}%; "
                        f"{100 * v['flip_fraction']:.0f}% of models flipped; controls agree "
                        f"{100 * v['control_agreement']:.0f}%)")
@@ -185,7 +166,6 @@ def brittleness(
     _finish(result.to_dict(), files, as_json, human)
 
 
-@analyze_app.command()
 def neighbors(
     store: StoreArg,
     name: NameOpt = None,
@@ -205,15 +185,14 @@ def neighbors(
 
     def human() -> None:
         for entry in result.targets:
-            _say(f"{result.target_split} example {entry.target} (label {entry.label}):")
+            say(f"{result.target_split} example {entry.target} (label {entry.label}):")
             for sign, items in (("+", entry.positive), ("-", entry.negative)):
                 listed = ", ".join(f"#{n.train_index} (y={n.label}, {n.weight:+.3f})" for n in items) or "none"
-                _say(f"  {sign} {listed}")
+                say(f"  {sign} {listed}")
 
     _finish(result.to_dict(), files, as_json, human)
 
 
-@analyze_app.command()
 def leakage(
     store: StoreArg,
     name: NameOpt = None,
@@ -227,7 +206,7 @@ def leakage(
 
     def analyse(dm_name: str, _all: Any, examples: Any) -> tuple[Any, Callable[[Path], list[Path]]]:
         if figure_pairs < 1:
-            raise InputError(f"--figure-pairs must be at least 1; got {figure_pairs}")
+            raise InputError(f"figure_pairs must be at least 1; got {figure_pairs}", params=("figure_pairs",))
         found = find_leakage(store, name=dm_name, top=top, examples=examples)
         return found, lambda folder: found.write(folder, examples, n_figure=figure_pairs)
 
@@ -235,18 +214,17 @@ def leakage(
 
     def human() -> None:
         scale = f" (median distance {result.median_distance:.2f})" if result.median_distance is not None else ""
-        _say(f"{result.name}: top {len(result.pairs)} of {result.n_scored} train-{result.target_split} "
+        say(f"{result.name}: top {len(result.pairs)} of {result.n_scored} train-{result.target_split} "
                    f"pairs by outlier score{scale}")
-        _say("  rank  train  target   weight  score  distance  closer")
+        say("  rank  train  target   weight  score  distance  closer")
         for p in result.pairs:
             d = "n/a" if p.distance is None else f"{p.distance:8.3f}"
-            _say(f"  {p.rank:>4}  {p.train_index:>5}  {p.target:>6}  {p.weight:+.3f}  {p.score:5.1f}  {d:>8}  "
+            say(f"  {p.rank:>4}  {p.train_index:>5}  {p.target:>6}  {p.weight:+.3f}  {p.score:5.1f}  {d:>8}  "
                        f"{'n/a' if p.distance_rank is None else p.distance_rank:>6}")
 
     _finish(result.to_dict(), files, as_json, human)
 
 
-@analyze_app.command()
 def embed(
     store: StoreArg,
     name: NameOpt = None,
@@ -269,19 +247,18 @@ def embed(
     result, files = _analyse_examples(store, name, targets, out, "embed", analyse)
 
     def human() -> None:
-        _say(f"{result.name}: {len(result.targets)} {result.target_split} targets embedded "
+        say(f"{result.name}: {len(result.targets)} {result.target_split} targets embedded "
                    f"({len(result.excluded)} all-zero left out)")
         for c in result.components:
-            _say(f"  PC{c.component + 1} ({100 * c.explained_variance_ratio:.1f}%): high {c.top[:6]}, "
+            say(f"  PC{c.component + 1} ({100 * c.explained_variance_ratio:.1f}%): high {c.top[:6]}, "
                        f"low {c.bottom[:6]}")
         for c in result.clusters:
             labels = ", ".join(f"{k}:{v}" for k, v in c.label_counts.items()) or "labels n/a"
-            _say(f"  cluster {c.cluster}: {c.size} targets ({labels}); central {c.central[:6]}")
+            say(f"  cluster {c.cluster}: {c.size} targets ({labels}); central {c.central[:6]}")
 
     _finish(result.to_dict(), files, as_json, human)
 
 
-@analyze_app.command(name="lds-curve")
 def lds_curve_command(
     store: StoreArg,
     name: NameOpt = None,
@@ -305,27 +282,27 @@ def lds_curve_command(
             try:
                 sizes = [int(p) for p in points.split(",") if p.strip()]
             except ValueError:
-                raise InputError(f"--points must be model counts like 128,256,512; got {points!r}") from None
+                raise InputError(f"points must be model counts like 128,256,512; got {points!r}",
+                                 params=("points",)) from None
             if not sizes:
-                raise InputError("--points is empty")
+                raise InputError("points is empty", params=("points",))
         result = lds_curve(store, name=name, points=sizes, eval_store=eval_store,
-                           eval_rows=parse_range(eval_rows, option="--eval-rows"),
-                           targets=parse_range(targets, option="--targets"), device=device,
+                           eval_rows=parse_range(eval_rows, param="eval_rows"),
+                           targets=parse_range(targets, param="targets"), device=device,
                            progress=progress and not as_json)
         return result, result.write(prepare_out_dir(out, store, "lds-curve"))
 
-    result, files = _call(call)
+    result, files = run_command(call)
 
     def human() -> None:
         n_eval = sum(b - a for a, b in result.eval_rows)
-        _say(f"{result.name}: LDS on {n_eval} held-out models, targets {result.targets[0]}:{result.targets[1]}")
+        say(f"{result.name}: LDS on {n_eval} held-out models, targets {result.targets[0]}:{result.targets[1]}")
         for p in result.points:
-            _say(f"  {p.n_models:>7} models: LDS {p.lds:.3f} (±{p.spearman_std:.3f}), Pearson {p.pearson:.3f}")
+            say(f"  {p.n_models:>7} models: LDS {p.lds:.3f} (±{p.spearman_std:.3f}), Pearson {p.pearson:.3f}")
 
     _finish(result.to_dict(), files, as_json, human)
 
 
-@app.command()
 def report(
     store: Annotated[Path, typer.Argument(help="Sweep store with fitted datamodels.")],
     name: NameOpt = None,
@@ -335,8 +312,24 @@ def report(
 ) -> None:
     """Write one self-contained HTML page: sweep summary, LDS curve, brittleness, neighbours, leakage, embedding."""
     from analysis.report import build_report
+    from storage.status import store_status
 
-    result = _call(lambda: build_report(store, name=name, out=out, lds_curve_mode=lds_curve))  # type: ignore[arg-type]
-    _emit(result.to_dict(), as_json, lambda: _say(
+    result = run_command(lambda: build_report(store, name=name, out=out, status=store_status(store),
+                                              lds_curve_mode=lds_curve))  # type: ignore[arg-type]
+    emit(result.to_dict(), as_json, lambda: say(
         f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.images} figures; sections: "
         f"{', '.join(result.sections)})" + "".join(f"\n  note: {n}" for n in result.notes)))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``analyze KIND`` and ``report`` to ``app``."""
+    analyze_app = typer.Typer(
+        name="analyze",
+        help="Applications of fitted datamodels: counterfactual, brittleness, neighbors, leakage, embed, lds-curve.",
+        no_args_is_help=True,
+    )
+    for command in (counterfactual, brittleness, neighbors, leakage, embed):
+        analyze_app.command()(command)
+    analyze_app.command(name="lds-curve")(lds_curve_command)
+    app.add_typer(analyze_app, name="analyze")
+    app.command()(report)
