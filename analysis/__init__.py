@@ -7,8 +7,9 @@ One module per application, each a function returning a dataclass with
 :mod:`analysis.leakage`, :mod:`analysis.embed`, :mod:`analysis.lds_curve`,
 :mod:`analysis.report`. :mod:`analysis.load` reads datamodels and parses
 selections, :mod:`analysis.inputs` fetches the examples behind the indices,
-:mod:`analysis.plots` draws on matplotlib's Agg canvas. Nothing here imports Ray:
-only the retraining check calls the orchestrator.
+:mod:`analysis.plots` draws on matplotlib's Agg canvas. Nothing here imports Ray
+or the orchestrator: the retraining check is handed a function that trains
+(:class:`analysis.verify.Retrainer`), and the report a status record.
 """
 
 from __future__ import annotations

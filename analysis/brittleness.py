@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.load import load_datamodels
+from analysis.load import check_positive_int, load_datamodels
 from analysis.plots import new_figure, save_figure, step_curve
-from storage.errors import InputError
 
 __all__ = ["TargetBrittleness", "BrittlenessResult", "removal_set", "flip_curve", "brittleness", "brittleness_figure"]
 
@@ -187,16 +186,9 @@ def brittleness(
         Unknown datamodels, targets outside the fitted ones, ``max_k`` < 1.
     """
     dm = load_datamodels(store_path, name=name)
-    chosen = np.arange(dm.targets.start, dm.targets.stop) if targets is None else np.asarray(targets, dtype=np.int64)
-    if chosen.size == 0:
-        raise InputError("no targets chosen")
-    outside = chosen[(chosen < dm.targets.start) | (chosen >= dm.targets.stop)]
-    if outside.size:
-        raise InputError(
-            f"target {int(outside[0])} is outside the datamodels' targets [{dm.targets.start}, {dm.targets.stop})"
-        )
-    if max_k is not None and (isinstance(max_k, bool) or max_k < 1):
-        raise InputError(f"max_k must be at least 1; got {max_k}")
+    chosen = dm.choose_targets(targets)
+    if max_k is not None:
+        check_positive_int(max_k, "max_k")
     k_max = dm.n_train if max_k is None else min(int(max_k), dm.n_train)
     columns = dm.columns(chosen)
     full = dm.weight[:, columns].astype(np.float64).sum(0) + dm.bias[columns]

@@ -90,7 +90,7 @@ def predict_counterfactual(
     store_path: str | Path,
     *,
     name: str | None = None,
-    targets: np.ndarray | list[int],
+    targets: np.ndarray | list[int] | None = None,
     removed: np.ndarray | list[int] | None = None,
     subset: np.ndarray | list[int] | None = None,
 ) -> CounterfactualResult:
@@ -120,22 +120,16 @@ def predict_counterfactual(
     """
     dm = load_datamodels(store_path, name=name)
     if (removed is None) == (subset is None):
-        raise InputError("give exactly one of a removal set (--remove) or a training subset (--subset)")
+        raise InputError("give exactly one of removed (a removal set) or subset (a training subset)", params=("removed", "subset"))
     chosen = np.asarray(removed if removed is not None else subset, dtype=np.int64).reshape(-1)
     what = "removal set" if removed is not None else "training subset"
+    param = "removed" if removed is not None else "subset"
     if chosen.size == 0:
-        raise InputError(f"the {what} is empty")
+        raise InputError(f"{param}: the {what} is empty", params=(param,))
     if chosen.min() < 0 or chosen.max() >= dm.n_train:
-        raise InputError(f"the {what} has indices outside [0, {dm.n_train})")
+        raise InputError(f"{param}: the {what} has indices outside [0, {dm.n_train})", params=(param,))
     chosen = np.unique(chosen)
-    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
-    if targets.size == 0:
-        raise InputError("no targets chosen")
-    outside = targets[(targets < dm.targets.start) | (targets >= dm.targets.stop)]
-    if outside.size:
-        raise InputError(
-            f"target {int(outside[0])} is outside the datamodels' targets [{dm.targets.start}, {dm.targets.stop})"
-        )
+    targets = dm.choose_targets(targets, required=True)
     columns = dm.columns(targets)
     w = dm.weight[:, columns].astype(np.float64)
     b = dm.bias[columns].astype(np.float64)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from analysis.inputs import Examples, load_examples
-from analysis.load import load_datamodels
+from analysis.load import check_positive_int, load_datamodels
 from analysis.plots import Tile, example_grid, new_figure, save_figure
 from storage.errors import InputError
 
@@ -138,15 +138,9 @@ def embed_datamodels(
     from sklearn.decomposition import PCA
 
     dm = load_datamodels(store_path, name=name)
-    chosen = np.arange(dm.targets.start, dm.targets.stop) if targets is None else np.asarray(targets, dtype=np.int64)
-    outside = chosen[(chosen < dm.targets.start) | (chosen >= dm.targets.stop)]
-    if outside.size:
-        raise InputError(
-            f"target {int(outside[0])} is outside the datamodels' targets [{dm.targets.start}, {dm.targets.stop})"
-        )
-    for value, what in ((n_components, "n_components"), (n_clusters, "n_clusters"), (n_extremes, "n_extremes")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{what} must be an int >= 1; got {value!r}")
+    chosen = dm.choose_targets(targets)
+    for value, param in ((n_components, "n_components"), (n_clusters, "n_clusters"), (n_extremes, "n_extremes")):
+        check_positive_int(value, param)
     w = dm.weight[:, dm.columns(chosen)].T.astype(np.float64)  # [K, N_train]
     norms = np.linalg.norm(w, axis=1)
     keep = norms > 0
@@ -155,10 +149,11 @@ def embed_datamodels(
     if embedded.size < need:
         raise InputError(
             f"{embedded.size} targets have a non-zero datamodel; {n_components} components and {n_clusters} "
-            f"clusters need at least {need}"
+            f"clusters need at least {need}", params=("n_components", "n_clusters")
         )
     if n_components > dm.n_train:
-        raise InputError(f"n_components={n_components} exceeds the {dm.n_train} training examples")
+        raise InputError(f"n_components={n_components} exceeds the {dm.n_train} training examples",
+                         params=("n_components",))
     e = w[keep] / norms[keep, None]
     pca = PCA(n_components=n_components, random_state=seed)
     scores = pca.fit_transform(e)

@@ -2,8 +2,11 @@
 
 The store records only indices; the examples come from the sweep's recipe
 (``load_arrays`` of the built-in stacked recipes, and of user recipes that
-follow them). A recipe that cannot give them (the legacy adapter, a synthetic
-store) yields ``None``: the applications still answer, without pictures.
+follow them). A store with no recipe (an import) or a recipe without
+``load_arrays`` (the legacy adapter) has no examples: the applications still
+answer, without pictures or input distances. A recipe that should have them but
+cannot load them here (its data folder is missing on this machine) is an error
+that says so, never a silent "no examples".
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from storage.errors import DmsweepError
+from storage.errors import DmsweepError, InputError, StoreError
 from storage.sweep_store import SweepStore
 
 __all__ = ["Examples", "load_examples"]
@@ -69,7 +72,7 @@ def _kind(sample_shape: tuple[int, ...]) -> Kind:
 
 
 def load_examples(store: SweepStore) -> Examples | None:
-    """The dataset of the store's recipe, or None when the recipe cannot provide it.
+    """The dataset of the store's recipe, or None when the store has none to give.
 
     Parameters
     ----------
@@ -78,26 +81,35 @@ def load_examples(store: SweepStore) -> Examples | None:
     Returns
     -------
     Examples or None
-        None when the stored spec names no recipe, the recipe has no
-        ``load_arrays``, loading fails with a dmsweep error (e.g. a CIFAR folder
-        not present on this machine), or the sizes differ from the store's.
+        None for an imported store (no recipe) and for a recipe without
+        ``load_arrays``.
+
+    Raises
+    ------
+    InputError
+        The recipe cannot load its data on this machine (the message says why).
+    StoreError
+        The recipe's data does not have the store's sizes.
     """
     from workers.recipe import build_recipe  # workers import torch; only needed for figures
 
-    recipe_spec = store.spec.get("recipe")
-    if not isinstance(recipe_spec, dict) or "name" not in recipe_spec:
+    spec = store.spec
+    if spec is None:
+        return None
+    recipe = build_recipe(spec.recipe.name, spec.recipe.params)
+    load = getattr(recipe, "load_arrays", None)
+    if load is None:
         return None
     try:
-        recipe = build_recipe(str(recipe_spec["name"]), recipe_spec.get("params") or {})
-        load = getattr(recipe, "load_arrays", None)
-        if load is None:
-            return None
         data = load()
-    except (DmsweepError, ImportError, OSError):
-        return None
+    except DmsweepError as exc:
+        raise InputError(f"cannot load the examples of recipe {spec.recipe.name!r} for figures and distances: {exc}") from None
     dataset = store.dataset
     if len(data.x_train) != dataset.n_train or len(data.x_test) != dataset.n_test:
-        return None
+        raise StoreError(
+            f"recipe {spec.recipe.name!r} loads {len(data.x_train)} train / {len(data.x_test)} test examples; "
+            f"the store has {dataset.n_train} / {dataset.n_test}"
+        )
     return Examples(
         x_train=np.asarray(data.x_train, dtype=np.float32), y_train=np.asarray(data.y_train, dtype=np.int64),
         x_test=np.asarray(data.x_test, dtype=np.float32), y_test=np.asarray(data.y_test, dtype=np.int64),

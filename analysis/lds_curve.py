@@ -114,26 +114,28 @@ def _default_points(n: int, block: int) -> list[int]:
 def _held_out(dm: Any, eval_store: str | Path | None, eval_rows: slice | None) -> tuple[SweepStore, np.ndarray]:
     store = dm.store if eval_store is None else SweepStore.open(eval_store, mode="r")
     if store.dataset.n_train != dm.n_train:
-        raise InputError(f"eval store has n_train={store.dataset.n_train}, the datamodels {dm.n_train}")
+        raise InputError(f"eval_store has n_train={store.dataset.n_train}, the datamodels {dm.n_train}",
+                         params=("eval_store",))
     width = store.dataset.n_test if dm.output == "margins/test" else store.dataset.n_train
     if dm.output not in store.outputs or dm.targets.stop > width:
-        raise InputError(f"eval store has no {dm.output!r} covering targets up to {dm.targets.stop}")
+        raise InputError(f"eval_store has no {dm.output!r} covering targets up to {dm.targets.stop}",
+                         params=("eval_store",))
     rows = store.completed_rows()
     if eval_rows is not None:
         start = 0 if eval_rows.start is None else int(eval_rows.start)
         stop = store.num_models if eval_rows.stop is None else int(eval_rows.stop)
         if not 0 <= start < stop <= store.num_models:
-            raise InputError(f"--eval-rows [{start}:{stop}] is outside [0, {store.num_models})")
+            raise InputError(f"eval_rows [{start}:{stop}] is outside [0, {store.num_models})", params=("eval_rows",))
         rows = rows[(rows >= start) & (rows < stop)]
     if eval_store is None:
         used = np.intersect1d(rows, dm.fit_rows())
         if eval_rows is not None and used.size:
-            raise InputError(f"{used.size} of the --eval-rows were used to fit {dm.name!r} (first: row {used[0]})")
+            raise InputError(f"{used.size} of the eval_rows were used to fit {dm.name!r} (first: row {used[0]})", params=("eval_rows",))
         rows = np.setdiff1d(rows, dm.fit_rows())
     if rows.size < 3:
         raise InputError(
             f"{rows.size} held-out completed rows to evaluate on; need at least 3 (fit on fewer rows, "
-            "or give --eval-store)"
+            "or give an eval_store)", params=("eval_store",)
         )
     return store, rows
 
@@ -204,8 +206,8 @@ def lds_curve(
         start = dm.targets.start if targets.start is None else int(targets.start)
         stop = dm.targets.stop if targets.stop is None else int(targets.stop)
         if not dm.targets.start <= start < stop <= dm.targets.stop:
-            raise InputError(f"--targets [{start}:{stop}] is outside the datamodels' targets "
-                             f"[{dm.targets.start}, {dm.targets.stop}) or empty")
+            raise InputError(f"targets [{start}:{stop}] is outside the datamodels' targets "
+                             f"[{dm.targets.start}, {dm.targets.stop}) or empty", params=("targets",))
         columns = range(start, stop)
     if points is None:
         points = _default_points(fit_rows.size, block)
@@ -213,8 +215,8 @@ def lds_curve(
     bad = [p for p in points if not 2 * block <= p < fit_rows.size]
     if bad:
         raise InputError(
-            f"--points {bad} must each lie in [{2 * block}, {fit_rows.size}): at least two blocks of {block} and "
-            f"fewer than the {fit_rows.size} rows {dm.name!r} was fitted on"
+            f"points {bad} must each lie in [{2 * block}, {fit_rows.size}): at least two blocks of {block} and "
+            f"fewer than the {fit_rows.size} rows {dm.name!r} was fitted on", params=("points",)
         )
     eval_at, held_out = _held_out(dm, eval_store, eval_rows)
     n_val = from_runs(dm.attrs.get("val_rows", [])).size

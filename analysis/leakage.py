@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from analysis.inputs import Examples, load_examples
-from analysis.load import load_datamodels
+from analysis.load import check_positive_int, load_datamodels
 from analysis.plots import Tile, example_grid, save_figure
-from storage.errors import InputError
 
 __all__ = ["LeakagePair", "LeakageResult", "leakage_scores", "find_leakage", "leakage_figure"]
 
@@ -165,8 +164,7 @@ def find_leakage(
     InputError
         Unknown datamodels, ``top`` < 1.
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InputError(f"top must be an int >= 1; got {top!r}")
+    check_positive_int(top, "top")
     dm = load_datamodels(store_path, name=name)
     offset = dm.targets.start if dm.target_kind == "train" else None
     score = leakage_scores(dm.weight, exclude_diagonal_offset=offset)

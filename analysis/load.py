@@ -1,14 +1,13 @@
-"""Loading fitted datamodels for the applications, and parsing what a user selects.
+"""Loading fitted datamodels for the applications, and where their results go.
 
 Every application starts here: :func:`load_datamodels` opens a store's
-``datamodels/<name>`` group and checks that it is usable; :func:`select_targets`
-and :func:`parse_indices` turn a user's selection into validated indices (an
-``InputError`` otherwise, before anything is written).
+``datamodels/<name>`` group and checks that it is usable (an ``InputError``
+otherwise, before anything is written); :func:`default_out_dir` and
+:func:`prepare_out_dir` say where results and figures go.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,12 @@ from storage.sweep_store import SweepStore
 __all__ = [
     "LoadedDatamodels",
     "load_datamodels",
-    "parse_indices",
-    "read_index_file",
     "default_out_dir",
     "prepare_out_dir",
     "check_out_dir",
-    "select_targets",
+    "check_positive_int",
     "DatamodelsShape",
     "datamodels_shape",
-    "parse_selection",
 ]
 
 #: Held-out rows read at most to measure the residual error bar (enough for a
@@ -81,14 +77,38 @@ class LoadedDatamodels:
         """Columns of ``weight`` for output indices ``targets`` (already validated)."""
         return np.asarray(targets, dtype=np.int64) - self.targets.start
 
+    def choose_targets(self, targets: np.ndarray | list[int] | None, *, required: bool = False) -> np.ndarray:
+        """Validated output indices: ``targets``, or every fitted target when None and not ``required``.
+
+        Raises
+        ------
+        InputError
+            None when ``required``, an empty selection, or an index outside the fitted targets.
+        """
+        if targets is None:
+            if required:
+                raise InputError("targets are required: which outputs to analyse (e.g. [0, 5])", params=("targets",))
+            return np.arange(self.targets.start, self.targets.stop, dtype=np.int64)
+        chosen = np.asarray(targets, dtype=np.int64).reshape(-1)
+        if chosen.size == 0:
+            raise InputError("no targets chosen", params=("targets",))
+        outside = chosen[(chosen < self.targets.start) | (chosen >= self.targets.stop)]
+        if outside.size:
+            raise InputError(
+                f"targets: {int(outside[0])} is outside the datamodels' targets [{self.targets.start}, {self.targets.stop})",
+                params=("targets",),
+            )
+        return chosen
+
     def fit_rows(self) -> np.ndarray:
         """Store rows the datamodels were fitted on (train and validation)."""
         return from_runs(self.attrs.get("rows", []))
 
     def fit_fraction(self) -> float:
         """Mean fraction of the training set in the subsets the datamodels were fitted on."""
-        alpha = self.store.spec.get("alpha")
-        if isinstance(alpha, (int, float)):
+        meta = self.store.metadata
+        alpha = meta.spec.alpha if meta.kind == "sweep" else meta.provenance.alpha  # type: ignore[union-attr]
+        if alpha is not None:
             return float(alpha)
         rows = self.fit_rows()[:256]
         return float(self.store.read("masks", rows).mean()) if rows.size else float("nan")
@@ -128,11 +148,11 @@ def _resolve_name(store: SweepStore, name: str | None) -> str:
     names = list_datamodels(store.group)
     if not names:
         raise InputError(
-            f"store {str(store.path)!r} has no datamodels; fit them first with `dmsweep fit STORE --name NAME`"
+            f"store {str(store.path)!r} has no datamodels; fit them first (regression.fit_datamodels, or `dmsweep fit`)"
         )
     if name is None:
         if len(names) > 1:
-            raise InputError(f"store has several datamodels ({', '.join(names)}); choose one with --name")
+            raise InputError(f"store has several datamodels ({', '.join(names)}); choose one by name", params=("name",))
         return names[0]
     open_datamodels(store.group, name)  # an unknown name: the message lists the available ones
     return name
@@ -152,7 +172,8 @@ def load_datamodels(store_path: str | Path, *, name: str | None = None) -> Loade
     name = _resolve_name(store, name)
     dm = read_datamodels(store.group, name)
     if not np.isfinite(dm.bias).all():
-        raise InputError(f"datamodels {name!r} are not completely fitted (some shards missing); finish the fit first")
+        raise InputError(f"datamodels {name!r} are not completely fitted (some shards missing); finish the fit first",
+                         params=("name",))
     return LoadedDatamodels(
         store=store, name=name, output=str(dm.attrs.get("output", "margins/test")),
         weight=dm.weight.astype(np.float32, copy=False), bias=dm.bias.astype(np.float32, copy=False),
@@ -160,96 +181,11 @@ def load_datamodels(store_path: str | Path, *, name: str | None = None) -> Loade
     )
 
 
-_RANGE = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*$")
-
-
-def parse_indices(text: str | None, *, size: int, what: str, lo: int = 0) -> np.ndarray:
-    """Parse ``"all"``, ``"3,17,42"``, ``"0:100"`` or a mix (``"0:10,42"``) into sorted unique indices.
-
-    Parameters
-    ----------
-    text : str or None
-        The selection; None or ``"all"`` selects every index of ``[lo, size)``.
-    size : int
-        Indices must be ``< size``.
-    what : str
-        Names the option in error messages.
-    lo : int
-        Smallest valid index.
-
-    Returns
-    -------
-    ndarray of int64, shape [K]
-
-    Raises
-    ------
-    InputError
-        Not integers, out of ``[lo, size)``, or empty.
-    """
-    if text is None or text.strip().lower() == "all":
-        return np.arange(lo, size, dtype=np.int64)
-    picked: list[np.ndarray] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        match = _RANGE.match(part)
-        if match:
-            start = int(match.group(1)) if match.group(1) else lo
-            stop = int(match.group(2)) if match.group(2) else size
-            if not lo <= start < stop <= size:
-                raise InputError(f"{what}: range {part!r} is outside [{lo}, {size}) or empty")
-            picked.append(np.arange(start, stop, dtype=np.int64))
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            raise InputError(f"{what} must be indices like 3,17,42 or ranges like 0:100; got {part!r}") from None
-        if not lo <= value < size:
-            raise InputError(f"{what}: index {value} is outside [{lo}, {size})")
-        picked.append(np.array([value], dtype=np.int64))
-    if not picked:
-        raise InputError(f"{what} is empty")
-    return np.unique(np.concatenate(picked))
-
-
-def read_index_file(path: str | Path, *, size: int, what: str) -> np.ndarray:
-    """Indices from a file: ``.npy`` of ints or of bool [size], or text of ints (commas/whitespace).
-
-    Returns
-    -------
-    ndarray of int64, shape [K], sorted and unique.
-
-    Raises
-    ------
-    InputError
-        Unreadable file, wrong dtype or length, out-of-range values, or no indices.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what}: no file {str(path)!r}")
-    if path.suffix == ".npy":
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{what}: cannot read {str(path)!r} as .npy ({exc})") from None
-        if data.dtype == np.bool_:
-            if data.shape != (size,):
-                raise InputError(f"{what}: a bool mask in {str(path)!r} must have shape ({size},), got {data.shape}")
-            values = np.flatnonzero(data)
-        elif np.issubdtype(data.dtype, np.integer):
-            values = data.reshape(-1).astype(np.int64)
-        else:
-            raise InputError(f"{what}: {str(path)!r} holds {data.dtype}; expected integer indices or a bool mask")
-    else:
-        tokens = path.read_text().replace(",", " ").split()
-        try:
-            values = np.array([int(t) for t in tokens], dtype=np.int64)
-        except ValueError:
-            raise InputError(f"{what}: {str(path)!r} must hold integer indices separated by commas or whitespace") from None
-    if values.size == 0:
-        raise InputError(f"{what}: {str(path)!r} holds no indices")
-    bad = values[(values < 0) | (values >= size)]
-    if bad.size:
-        raise InputError(f"{what}: index {int(bad[0])} in {str(path)!r} is outside [0, {size})")
-    return np.unique(values)
+def check_positive_int(value: object, param: str) -> int:
+    """``value`` as an int >= 1; InputError naming ``param`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{param} must be an int >= 1; got {value!r}", params=(param,))
+    return value
 
 
 def default_out_dir(store_path: str | Path, kind: str) -> Path:
@@ -269,7 +205,7 @@ def prepare_out_dir(out: str | Path | None, store_path: str | Path, kind: str) -
     """
     path = Path(out) if out is not None else default_out_dir(store_path, kind)
     if path.exists() and not path.is_dir():
-        raise InputError(f"--out {str(path)!r} exists and is not a directory")
+        raise InputError(f"out {str(path)!r} exists and is not a directory", params=("out",))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -277,16 +213,10 @@ def prepare_out_dir(out: str | Path | None, store_path: str | Path, kind: str) -
 def check_out_dir(out: str | Path | None) -> None:
     """Refuse an ``out`` that cannot be a directory, before any work (nothing is created)."""
     if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise InputError(f"--out {str(out)!r} exists and is not a directory")
+        raise InputError(f"out {str(out)!r} exists and is not a directory", params=("out",))
 
 
-def select_targets(dm: LoadedDatamodels, text: str | None, *, what: str = "--targets") -> np.ndarray:
-    """Output indices chosen by ``text`` (see :func:`parse_indices`) among the datamodels' targets."""
-    return parse_indices(text, size=dm.targets.stop, lo=dm.targets.start, what=what)
-
-
-
-@dataclass(frozen=True)
+@dataclass
 class DatamodelsShape:
     """What parsing a user's selection needs, read from attributes only (no weights)."""
 
@@ -311,20 +241,3 @@ def datamodels_shape(store_path: str | Path, *, name: str | None = None) -> Data
     return DatamodelsShape(name=name, targets=range(int(start), int(stop)), n_train=int(n_train))
 
 
-def parse_selection(text: str | None, file: str | Path | None, *, size: int, what: str) -> np.ndarray | None:
-    """Indices from ``--X TEXT`` or ``--X-file PATH`` (at most one); None when neither is given.
-
-    Raises
-    ------
-    InputError
-        Both given, or either invalid (see :func:`parse_indices`, :func:`read_index_file`).
-    """
-    if text is not None and file is not None:
-        raise InputError(f"give {what} either as indices or as a file, not both")
-    if file is not None:
-        return read_index_file(file, size=size, what=f"{what}-file")
-    if text is not None:
-        if not text.strip():
-            raise InputError(f"{what} is empty")
-        return parse_indices(text, size=size, what=what)
-    return None

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from analysis.inputs import Examples, load_examples
-from analysis.load import load_datamodels
+from analysis.load import check_positive_int, load_datamodels
 from analysis.plots import Tile, example_grid, save_figure
-from storage.errors import InputError
 
 __all__ = ["Neighbor", "TargetNeighbors", "NeighborsResult", "nearest_training_examples", "neighbors_figure"]
 
@@ -82,7 +81,7 @@ def nearest_training_examples(
     store_path: str | Path,
     *,
     name: str | None = None,
-    targets: np.ndarray | list[int],
+    targets: np.ndarray | list[int] | None = None,
     k: int = 8,
     examples: Examples | None = None,
 ) -> NeighborsResult:
@@ -106,16 +105,8 @@ def nearest_training_examples(
         Unknown datamodels, targets outside the fitted ones, k < 1.
     """
     dm = load_datamodels(store_path, name=name)
-    chosen = np.asarray(targets, dtype=np.int64).reshape(-1)
-    if chosen.size == 0:
-        raise InputError("no targets chosen")
-    outside = chosen[(chosen < dm.targets.start) | (chosen >= dm.targets.stop)]
-    if outside.size:
-        raise InputError(
-            f"target {int(outside[0])} is outside the datamodels' targets [{dm.targets.start}, {dm.targets.stop})"
-        )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be an int >= 1; got {k!r}")
+    chosen = dm.choose_targets(targets, required=True)
+    check_positive_int(k, "k")
     examples = examples if examples is not None else load_examples(dm.store)
     y_train = examples.y_train if examples is not None else None
     y_target = examples.inputs(dm.target_kind)[1] if examples is not None else None

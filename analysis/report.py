@@ -29,6 +29,7 @@ from analysis.neighbors import nearest_training_examples, neighbors_figure
 from analysis.plots import figure_png
 from storage.errors import InputError
 from storage.ledger import BlockStatus
+from storage.status import StoreStatus, store_status
 
 __all__ = ["ReportResult", "build_report", "default_report_path"]
 
@@ -129,11 +130,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _provenance(store: Any) -> str:
+    provenance = store.metadata.provenance
+    files = ", ".join(f"{role}: {path}" for role, path in provenance.files.items())
+    return f"{provenance.source}" + (f" ({files})" if files else "") + (f"; {provenance.description}" if provenance.description else "")
+
+
 def build_report(
     store_path: str | Path,
     *,
     name: str | None = None,
     out: str | Path | None = None,
+    status: StoreStatus | None = None,
     lds_curve_mode: LdsCurveMode = "auto",
     n_neighbor_targets: int = 3,
     seed: int = 0,
@@ -147,6 +155,9 @@ def build_report(
         Datamodels (default: the store's only ones).
     out : str or Path, optional
         The HTML file (default :func:`default_report_path`); its folder is created.
+    status : StoreStatus, optional
+        The store's progress record (:func:`storage.status.store_status`, read
+        afresh when not given).
     lds_curve_mode : ``auto``, ``stored`` or ``skip``
         ``auto`` shows the curve recorded by ``dmsweep analyze lds-curve`` or
         computes it (fits on row prefixes); ``stored`` only shows a recorded one.
@@ -160,20 +171,23 @@ def build_report(
     InputError
         No store, no or unknown datamodels, ``out`` is a directory.
     """
-    from orchestrator.status import sweep_status  # reads the ledger only; no Ray
-
     started = time.perf_counter()
     if lds_curve_mode not in ("auto", "stored", "skip"):
-        raise InputError(f"lds_curve_mode must be auto, stored or skip; got {lds_curve_mode!r}")
+        raise InputError(f"lds_curve_mode must be auto, stored or skip; got {lds_curve_mode!r}",
+                         params=("lds_curve_mode",))
     dm = load_datamodels(store_path, name=name)
     path = Path(out) if out is not None else default_report_path(store_path)
     if path.is_dir():
-        raise InputError(f"--out {str(path)!r} is a directory; give the HTML file's path")
+        raise InputError(f"out {str(path)!r} is a directory; give the HTML file's path", params=("out",))
     store = dm.store
-    status = sweep_status(store.path)
-    examples = load_examples(store)
+    status = status if status is not None else store_status(store.path)
     page = _Page()
     notes: list[str] = []
+    try:
+        examples = load_examples(store)
+    except InputError as exc:  # the data is not on this machine: the report still has every number
+        examples = None
+        notes.append(f"figures of examples left out: {exc}")
 
     # -- the sweep -------------------------------------------------------------------
     rows = store.completed_rows()[:_MAX_SUMMARY_ROWS]
@@ -181,13 +195,14 @@ def build_report(
     accuracy = (margins > 0).mean(1) if rows.size else np.zeros(0)
     table = store.ledger.table()
     seconds = float(np.nansum(table["seconds"][table["status"] == BlockStatus.COMPLETE]))
-    recipe = store.spec.get("recipe", {})
-    page.section("Sweep")
+    spec = store.spec
+    page.section("Sweep" if spec is not None else "Imported models")
     page.table([
         ("store", str(store.path)),
-        ("recipe", f"{recipe.get('name', '?')} {recipe.get('params', {})}"),
+        ("recipe", f"{spec.recipe.name} {spec.recipe.params}") if spec is not None else
+        ("imported from", _provenance(store)),
         ("dataset", f"{store.dataset.name}: {store.dataset.n_train} train / {store.dataset.n_test} test"),
-        ("subset fraction α", _fmt(store.spec.get("alpha"))),
+        ("subset fraction α", _fmt(dm.fit_fraction())),
         ("models", f"{status.completed_models} completed of {status.num_models} "
                    f"({status.completed_blocks} blocks of {status.block})"),
         ("failed blocks", f"{status.failed_blocks}" + (f": {[f.block for f in status.failures]}" if status.failures else "")),

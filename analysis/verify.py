@@ -1,31 +1,68 @@
-"""Checking predicted flips by retraining: a sweep on the training set minus each candidate set.
+"""Checking predicted flips by retraining: models trained on the training set minus each candidate set.
 
 For each candidate target (the smallest predicted removal sets first) the
 sweep's own recipe trains ``seeds`` models on the full training set minus the
 target's removal set, plus ``seeds`` control models on the full training set.
-The models run through the orchestrator as an ordinary sweep whose masks are
-given explicitly (spec ``masks_file``), one block per candidate, in a store of
-their own next to the analysis output; a re-run with the same candidates
-resumes that store instead of retraining. A predicted flip is *confirmed* when
-most of its models' outputs have the flipped sign.
+A predicted flip is *confirmed* when most of its models' outputs have the
+flipped sign.
+
+Training is not this package's business: :func:`verify_brittleness` builds the
+masks and hands them to a :class:`Retrainer`, a function the caller passes in.
+The orchestrator's (:class:`orchestrator.retrain.SweepRetrainer`) runs them as an
+ordinary sweep with explicit masks, one block per candidate, in a store of its
+own that a re-run resumes instead of retraining.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from analysis.brittleness import BrittlenessResult, TargetBrittleness
-from storage.errors import BlockFailedError, InputError
+from storage.errors import InputError
 from storage.sweep_store import SweepStore
 
-__all__ = ["VerifiedFlip", "VerificationResult", "VerificationPlan", "plan_verification", "verify_brittleness"]
+__all__ = [
+    "Retrained",
+    "Retrainer",
+    "VerifiedFlip",
+    "VerificationResult",
+    "VerificationPlan",
+    "plan_verification",
+    "verify_brittleness",
+]
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """What a :class:`Retrainer` returns.
+
+    Attributes
+    ----------
+    outputs : ndarray of float, shape [M, width]
+        Row ``i`` is the output (``margins/test`` or ``margins/train``) of the
+        model trained on ``masks[i]``.
+    store : str
+        Where the retrained models are kept.
+    models_trained : int
+        Models trained by this call (0 when an earlier call already had them all).
+    """
+
+    outputs: np.ndarray
+    store: str
+    models_trained: int
+
+
+class Retrainer(Protocol):
+    """Trains one model per mask row with the datamodels' own recipe and returns their outputs.
+
+    ``block`` rows are trained (and resumable) together: a candidate's seeds.
+    """
+
+    def __call__(self, masks: np.ndarray, *, output: str, block: int) -> Retrained: ...
 
 
 @dataclass
@@ -108,93 +145,53 @@ class VerificationPlan:
     masks : ndarray of bool, shape [(len(candidates) + 1) * seeds, N_train]
         Block ``i`` (``seeds`` rows) trains without candidate ``i``'s set; the last
         block is the full-training-set control.
-    spec : dict
-        The sweep spec (``masks_file`` names ``masks_file`` below).
-    store, masks_file : Path
+    seeds : int
     """
 
     candidates: list[TargetBrittleness]
     masks: np.ndarray
-    spec: dict[str, Any]
-    store: Path
-    masks_file: Path
+    seeds: int
 
 
-def plan_verification(
-    result: BrittlenessResult, *, out_dir: str | Path, seeds: int = 3, max_targets: int = 10, seed: int = 0
-) -> VerificationPlan:
-    """Choose the candidates and build the retraining sweep's masks and spec (nothing is written).
+def plan_verification(result: BrittlenessResult, *, seeds: int = 3, max_targets: int = 10) -> VerificationPlan:
+    """Choose the candidates and build the retraining masks (nothing is written or trained).
 
     Raises
     ------
     InputError
-        Bad ``seeds``/``max_targets``, nothing flippable, or a store whose spec
-        names no recipe to retrain with.
+        Bad ``seeds``/``max_targets``, or no chosen target with a predicted flip.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"seeds must be an int >= 1; got {seeds!r}")
+        raise InputError(f"seeds must be an int >= 1; got {seeds!r}", params=("seeds",))
     if isinstance(max_targets, bool) or not isinstance(max_targets, int) or max_targets < 1:
-        raise InputError(f"max_targets must be an int >= 1; got {max_targets!r}")
-    store = SweepStore.open(result.store, mode="r")
-    stored = store.spec
-    recipe = stored.get("recipe")
-    if not isinstance(recipe, dict) or "name" not in recipe:
-        raise InputError(f"store {result.store!r} records no recipe in its spec; --verify needs one to retrain")
+        raise InputError(f"max_targets must be an int >= 1; got {max_targets!r}", params=("max_targets",))
     flippable = sorted((t for t in result.targets if t.size is not None), key=lambda t: (t.size, t.target))
     candidates = flippable[:max_targets]
     if not candidates:
-        raise InputError("no chosen target has a predicted flipping removal set; nothing to verify")
-    n_train = store.dataset.n_train
+        raise InputError("no chosen target has a predicted flipping removal set; nothing to verify", params=("targets",))
+    n_train = SweepStore.open(result.store, mode="r").dataset.n_train
     masks = np.ones(((len(candidates) + 1) * seeds, n_train), dtype=bool)
     for i, candidate in enumerate(candidates):
         masks[i * seeds : (i + 1) * seeds, candidate.removal] = False
-    outputs = {"train_margins": result.output == "margins/train"}
-    digest = hashlib.sha256(
-        masks.tobytes() + json.dumps([recipe, seed, outputs], sort_keys=True, default=str).encode()
-    ).hexdigest()[:12]
-    out = Path(out_dir).resolve()
-    spec = {
-        "store": str(out / f"verify-{digest}.zarr"),
-        "recipe": {"name": recipe["name"], "params": recipe.get("params") or {}},
-        "masks_file": str(out / f"verify-{digest}.npy"),
-        "num_models": int(masks.shape[0]),
-        "block": seeds,
-        "seed": seed,
-        "outputs": outputs,
-        **{k: stored[k] for k in ("resources", "retries", "timeout_s") if k in stored},
-    }
-    return VerificationPlan(candidates=candidates, masks=masks, spec=spec, store=Path(spec["store"]),
-                 masks_file=Path(spec["masks_file"]))
+    return VerificationPlan(candidates=candidates, masks=masks, seeds=seeds)
 
 
 def verify_brittleness(
-    result: BrittlenessResult,
-    *,
-    out_dir: str | Path,
-    seeds: int = 3,
-    max_targets: int = 10,
-    seed: int = 0,
-    address: str | None = None,
+    result: BrittlenessResult, *, retrain: Retrainer, seeds: int = 3, max_targets: int = 10
 ) -> VerificationResult:
     """Retrain on the training set minus each candidate set and count the confirmed flips.
-
-    Runs on the Ray already initialised in this process, the cluster at
-    ``address``, or a local Ray started for the purpose.
 
     Parameters
     ----------
     result : BrittlenessResult
         Predicted removal sets (:func:`analysis.brittleness.brittleness`).
-    out_dir : str or Path
-        Where the retraining store and its masks file go (an existing directory).
+    retrain : Retrainer
+        Trains the models (``orchestrator.api.retrainer_for(store, ...)`` runs them
+        as a sweep on Ray).
     seeds : int
         Models per candidate, and control models on the full training set.
     max_targets : int
         Candidates at most, the smallest removal sets first.
-    seed : int
-        Base seed of the retraining sweep.
-    address : str, optional
-        Ray cluster address.
 
     Returns
     -------
@@ -203,23 +200,17 @@ def verify_brittleness(
     Raises
     ------
     InputError
-        See :func:`plan_verification`.
+        See :func:`plan_verification` (checked before anything is trained).
     DmsweepError
-        The retraining sweep failed.
+        The retraining failed.
     """
-    from orchestrator.api import run_sweep  # the orchestrator (and Ray) only when retraining
-    from orchestrator.spec import parse_spec
-
     started = time.perf_counter()
-    plan = plan_verification(result, out_dir=out_dir, seeds=seeds, max_targets=max_targets, seed=seed)
-    spec = parse_spec(plan.spec, source="brittleness verification")
-    if not plan.masks_file.exists():
-        np.save(plan.masks_file, plan.masks)
-    run = run_sweep(spec, address=address, progress=False)
-    if not run.done:
-        raise BlockFailedError(f"retraining sweep {plan.store} left blocks {run.failed_blocks} failed")
-    store = SweepStore.open(plan.store, mode="r")
-    outputs = store.read(result.output, slice(0, plan.masks.shape[0])).astype(np.float64)
+    plan = plan_verification(result, seeds=seeds, max_targets=max_targets)
+    retrained = retrain(plan.masks, output=result.output, block=seeds)
+    if retrained.outputs.shape[0] != plan.masks.shape[0]:
+        raise InputError(f"the retrainer returned {retrained.outputs.shape[0]} rows for {plan.masks.shape[0]} masks",
+                         params=("retrain",))
+    outputs = np.asarray(retrained.outputs, dtype=np.float64)
     control_rows = slice(len(plan.candidates) * seeds, (len(plan.candidates) + 1) * seeds)
     flips: list[VerifiedFlip] = []
     agree = []
@@ -235,9 +226,9 @@ def verify_brittleness(
         ))
     confirmed = sum(f.confirmed for f in flips)
     return VerificationResult(
-        store=str(plan.store), seeds=seeds, n_candidates=len(flips), n_confirmed=int(confirmed),
+        store=retrained.store, seeds=seeds, n_candidates=len(flips), n_confirmed=int(confirmed),
         confirmation_rate=confirmed / len(flips),
         flip_fraction=float(np.mean([x for f in flips for x in f.flipped])),
-        control_agreement=float(np.mean(agree)), models_trained=int(run.newly_completed_blocks * seeds),
+        control_agreement=float(np.mean(agree)), models_trained=int(retrained.models_trained),
         seconds=time.perf_counter() - started, flips=flips,
     )
