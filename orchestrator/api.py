@@ -6,10 +6,12 @@ import os
 import socket
 from pathlib import Path
 
-from orchestrator.driver import DriverOptions, RunResult, SweepDriver
+from orchestrator.driver import SweepDriver
+from orchestrator.run_options import DriverOptions, RunResult
 from orchestrator.progress import SweepProgress
+from orchestrator.ray_runtime import cluster_requested, ray_for_this_process
 from orchestrator.spec import SweepSpec, load_spec
-from orchestrator.status import SweepStatus, sweep_status
+from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
 from storage.errors import InputError
 from storage.events import EventLog
@@ -23,8 +25,8 @@ __all__ = [
     "run_sweep",
     "extend_sweep",
     "verify_sweep",
-    "sweep_status",
-    "SweepStatus",
+    "store_status",
+    "StoreStatus",
     "RunResult",
     "VerifyReport",
 ]
@@ -104,33 +106,22 @@ def run_sweep(
         joins the Ray already initialised in this process, or starts a local one.
     progress : show the live progress view on stderr.
     """
-    import ray
-
-    cluster = address is not None or os.environ.get("RAY_ADDRESS") is not None
-    spec = _absolute_store(spec, cluster=cluster)
+    spec = _absolute_store(spec, cluster=cluster_requested(address))
     store, _ = open_store_for_spec(spec)
-    started_ray = False
-    with _lease(store.path, ttl_s=lease_ttl_s) as lease:
+    with _lease(store.path, ttl_s=lease_ttl_s) as lease, ray_for_this_process(address):
         # Checked again under the lease: another driver may have changed it meanwhile.
         store = store.reopen()
         check_store_matches(store, spec)
         if spec.num_models > store.num_models:
             store.resize(spec)
             store = store.reopen()
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-            started_ray = True
-        try:
-            with EventLog(store.path) as events:
-                view = SweepProgress() if progress else None
-                driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options)
-                if view is None:
-                    return driver.run()
-                with view:
-                    return driver.run()
-        finally:
-            if started_ray:
-                ray.shutdown()
+        with EventLog(store.path) as events:
+            view = SweepProgress() if progress else None
+            driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options)
+            if view is None:
+                return driver.run()
+            with view:
+                return driver.run()
 
 
 def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:

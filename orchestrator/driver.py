@@ -17,9 +17,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -27,168 +25,23 @@ import ray.exceptions
 
 from orchestrator.metrics import SweepMetrics
 from orchestrator.progress import SweepProgress
-from orchestrator.spec import ResourcesSpec, SweepSpec
+from orchestrator.run_options import DriverOptions, RunResult
+from orchestrator.scheduling import InFlight, Slot, WorkQueue, worker_slots
 from orchestrator.worker_actor import SweepWorker
-from storage.errors import DmsweepError, InputError
+from storage.errors import DmsweepError
 from storage.events import EventLog
 from storage.lease import Lease
+from storage.spec import SweepSpec
 from storage.sweep_store import SweepStore
 from workers.block_runner import BlockReceipt
 
-__all__ = ["DriverOptions", "RunResult", "SweepDriver", "worker_slots"]
+__all__ = ["SweepDriver"]
 
 #: Longest single wait on Ray: the loop wakes at least this often to check the
 #: lease and actor start-up, even when no block is due.
 _MAX_WAIT_S = 2.0
 #: Ray colours the remote traceback for terminals; the ledger keeps plain text.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass(frozen=True)
-class DriverOptions:
-    """How the driver schedules (not part of the spec: it never changes what is written).
-
-    Attributes
-    ----------
-    max_in_flight_per_actor : blocks queued on one actor, the running one
-        included; two keeps an actor busy while its next receipt travels.
-    actor_start_timeout_s : give up when no actor has become ready for this
-        long (a cluster without room for the spec's resources).
-    max_actor_start_failures : abort after this many actors in a row failed in
-        their setup (a recipe whose dataset cannot load).
-    max_actors : upper bound on the number of worker actors (``None``: one per slot).
-    workers : keep exactly this many worker actors, whether or not the cluster
-        has room for them now. On an autoscaling cluster the actors still pending
-        are the resource demand that makes it add nodes. ``None``: one per slot of
-        the live nodes, recounted every ``rescan_s`` so that nodes joining
-        mid-sweep get workers too.
-    rescan_s : seconds between two counts of the cluster's slots.
-    """
-
-    max_in_flight_per_actor: int = 2
-    actor_start_timeout_s: float = 600.0
-    max_actor_start_failures: int = 3
-    max_actors: int | None = None
-    workers: int | None = None
-    rescan_s: float = 15.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_in_flight_per_actor < 1:
-            problems.append(f"max_in_flight_per_actor must be >= 1, got {self.max_in_flight_per_actor}")
-        if self.actor_start_timeout_s <= 0:
-            problems.append(f"actor_start_timeout_s must be > 0, got {self.actor_start_timeout_s}")
-        if self.max_actor_start_failures < 1:
-            problems.append(f"max_actor_start_failures must be >= 1, got {self.max_actor_start_failures}")
-        if self.max_actors is not None and self.max_actors < 1:
-            problems.append(f"max_actors must be >= 1 or None, got {self.max_actors}")
-        if self.workers is not None and self.workers < 1:
-            problems.append(f"workers must be >= 1 or None, got {self.workers}")
-        if self.rescan_s <= 0:
-            problems.append(f"rescan_s must be > 0, got {self.rescan_s}")
-        if problems:
-            raise InputError("; ".join(problems))
-
-
-@dataclass
-class RunResult:
-    """What one run of the driver did."""
-
-    store: str
-    num_models: int
-    num_blocks: int
-    completed_blocks: int
-    newly_completed_blocks: int
-    failed_blocks: list[int]
-    wall_seconds: float
-    models_per_second: float
-    actors: int
-    retries: int
-
-    @property
-    def done(self) -> bool:
-        return self.completed_blocks == self.num_blocks
-
-    def to_dict(self) -> dict[str, object]:
-        return {**self.__dict__, "done": self.done}
-
-
-@dataclass
-class _InFlight:
-    block_id: int
-    ref: ray.ObjectRef
-    started_at: float | None = None
-
-
-@dataclass
-class _Slot:
-    """One worker actor and the blocks queued on it, head (the running one) first."""
-
-    name: str
-    actor: ray.actor.ActorHandle
-    ready_ref: ray.ObjectRef | None
-    created_at: float
-    node_ip: str = ""
-    queue: deque[_InFlight] = field(default_factory=deque)
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_ref is None
-
-
-class _WorkQueue:
-    """Blocks still to hand out: retries first, then the pending blocks in order.
-
-    The pending blocks stay one int64 array walked by a cursor, so the driver's
-    memory is 8 bytes per block however many blocks the sweep has.
-    """
-
-    def __init__(self, pending: np.ndarray) -> None:
-        self._pending = np.asarray(pending, dtype=np.int64)
-        self._cursor = 0
-        self._retry: deque[int] = deque()
-
-    def __len__(self) -> int:
-        return len(self._retry) + self._pending.size - self._cursor
-
-    def pop(self) -> int | None:
-        if self._retry:
-            return self._retry.popleft()
-        if self._cursor < self._pending.size:
-            self._cursor += 1
-            return int(self._pending[self._cursor - 1])
-        return None
-
-    def push(self, block_id: int, *, front: bool = False) -> None:
-        if front:
-            self._retry.appendleft(block_id)
-        else:
-            self._retry.append(block_id)
-
-
-def worker_slots(resources: ResourcesSpec, *, require_one: bool = True) -> int:
-    """How many worker actors fit on the live nodes of the cluster, node by node.
-
-    Counting per node (not on the cluster's totals) matters for fractional
-    GPUs: 0.4 GPU per actor fits twice on each 1-GPU node, not 7 times on 3 GPUs.
-    With ``require_one``, a cluster where not one fits is an :class:`InputError`.
-    """
-    slots = 0
-    for node in ray.nodes():
-        if not node.get("Alive", False):
-            continue
-        have = node.get("Resources", {})
-        fit = int(have.get("CPU", 0.0) / resources.num_cpus + 1e-9)
-        if resources.num_gpus > 0:
-            fit = min(fit, int(have.get("GPU", 0.0) / resources.num_gpus + 1e-9))
-        slots += fit
-    if slots == 0 and require_one:
-        total = ray.cluster_resources()
-        raise InputError(
-            f"no node of the Ray cluster fits one worker with num_cpus={resources.num_cpus}, "
-            f"num_gpus={resources.num_gpus} (cluster has CPU={total.get('CPU', 0):g}, GPU={total.get('GPU', 0):g})"
-        )
-    return slots
 
 
 def _one_line(text: str) -> str:
@@ -231,17 +84,17 @@ class SweepDriver:
         self._ledger = store.ledger
         self._metrics = SweepMetrics(store=store.path.name)
         self._run_id = uuid.uuid4().hex[:6]
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         self._actor_counter = 0
         self._start_failures = 0
         self._attempts: dict[int, int] = {}
-        self._work = _WorkQueue(np.empty(0, dtype=np.int64))
+        self._work = WorkQueue(np.empty(0, dtype=np.int64))
         self._failed: list[int] = []
         self._retries = 0
         self._newly_completed = 0
 
     # -- actors ------------------------------------------------------------------
-    def _start_actor(self) -> _Slot:
+    def _start_actor(self) -> Slot:
         self._actor_counter += 1
         name = f"dmsweep-{self._run_id}-worker-{self._actor_counter:03d}"
         resources = self._spec.resources
@@ -250,14 +103,14 @@ class SweepDriver:
         actor = SweepWorker.options(
             name=name, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
         ).remote(str(self._store.path), resources.num_cpus)
-        slot = _Slot(name=name, actor=actor, ready_ref=actor.ready.remote(), created_at=self._clock())
+        slot = Slot(name=name, actor=actor, ready_ref=actor.ready.remote(), created_at=self._clock())
         self._slots.append(slot)
         return slot
 
     def _has_work(self) -> bool:
         return len(self._work) > 0
 
-    def _drop_actor(self, slot: _Slot, reason: str, *, kind: str) -> None:
+    def _drop_actor(self, slot: Slot, reason: str, *, kind: str) -> None:
         """Kill an actor, requeue its blocks (the running head counts an attempt), replace it."""
         self._slots.remove(slot)
         try:
@@ -294,7 +147,7 @@ class SweepDriver:
             if self._progress:
                 self._progress.block_failed()
 
-    def _block_completed(self, receipt: BlockReceipt, slot: _Slot) -> None:
+    def _block_completed(self, receipt: BlockReceipt, slot: Slot) -> None:
         attempts = self._attempts.pop(receipt.block_id, 0) + 1
         self._ledger.mark_complete(
             receipt.block_id, checksum=receipt.checksum, seconds=receipt.seconds, node=receipt.node, attempts=attempts
@@ -309,20 +162,20 @@ class SweepDriver:
         if self._progress:
             self._progress.block_completed(self._store.block, receipt.node)
 
-    def _start_head(self, slot: _Slot) -> None:
+    def _start_head(self, slot: Slot) -> None:
         """The slot's head block starts running now: its deadline counts from here."""
         head = slot.queue[0]
         head.started_at = self._clock()
         self._events.write("block_started", block=head.block_id, actor=slot.name, node=slot.node_ip)
 
-    def _submit(self, slot: _Slot, block_id: int) -> None:
+    def _submit(self, slot: Slot, block_id: int) -> None:
         # The task name shows on the dashboard next to the actor that runs it.
         ref = slot.actor.train.options(name=f"block-{block_id:06d}").remote(block_id)
-        slot.queue.append(_InFlight(block_id=block_id, ref=ref))
+        slot.queue.append(InFlight(block_id=block_id, ref=ref))
         if len(slot.queue) == 1:
             self._start_head(slot)
 
-    def _pop_head(self, slot: _Slot) -> _InFlight:
+    def _pop_head(self, slot: Slot) -> InFlight:
         head = slot.queue.popleft()
         if slot.queue:
             self._start_head(slot)
@@ -333,7 +186,7 @@ class SweepDriver:
         """Run every block not yet complete; return what was done (failed blocks stay for the next run)."""
         started = self._clock()
         pending = self._ledger.pending_blocks()
-        self._work = _WorkQueue(pending)
+        self._work = WorkQueue(pending)
         completed_before = self._store.num_blocks - pending.size
         if self._progress:
             self._progress.start(
@@ -417,7 +270,7 @@ class SweepDriver:
             if self._progress:
                 self._progress.update_running(running)
             # What to wait on: a starting actor's ready(), or a busy actor's head block.
-            refs: dict[ray.ObjectRef, _Slot] = {}
+            refs: dict[ray.ObjectRef, Slot] = {}
             deadlines: list[float] = []
             for slot in self._slots:
                 if slot.ready_ref is not None:
@@ -454,7 +307,7 @@ class SweepDriver:
                     self._on_block_done(slot)
             self._check_deadlines(timeout)
 
-    def _on_actor_ready(self, slot: _Slot) -> None:
+    def _on_actor_ready(self, slot: Slot) -> None:
         try:
             info = ray.get(slot.ready_ref)
         except ray.exceptions.RayError as exc:
@@ -480,7 +333,7 @@ class SweepDriver:
         self._start_failures = 0
         self._events.write("actor_started", actor=slot.name, **info)
 
-    def _on_block_done(self, slot: _Slot) -> None:
+    def _on_block_done(self, slot: Slot) -> None:
         head = slot.queue[0]
         try:
             receipt: BlockReceipt = ray.get(head.ref)

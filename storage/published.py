@@ -155,7 +155,7 @@ def export(
         What was written.
     """
     if fmt not in ("pt", "npy"):
-        raise InputError(f"fmt={fmt!r} (expected 'pt' or 'npy')")
+        raise InputError(f"fmt={fmt!r} (expected 'pt' or 'npy')", params=("fmt",))
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{str(out)!r} exists; pass overwrite to replace it")

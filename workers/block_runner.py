@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.errors import BlockFailedError
+from storage.errors import BlockFailedError, InputError
 from storage.sweep_store import SweepStore
+from workers.device import resolve_device
 from workers.masks import block_masks, block_seeds
 from workers.recipe import Recipe, TrainingBlock, build_recipe
 
@@ -48,7 +49,8 @@ class BlockRunner:
     Parameters
     ----------
     store_path : the sweep's store (must exist).
-    device : torch device for training; ``None`` picks CUDA when present.
+    device : torch device for training; ``None`` picks CUDA when present
+        (:func:`workers.device.resolve_device`).
     node : a name for where this runs, recorded in the ledger.
     """
 
@@ -56,12 +58,14 @@ class BlockRunner:
         self._store_path = Path(store_path)
         store = SweepStore.open(self._store_path, mode="r")
         spec = store.spec
-        self._seed = int(spec["seed"])
-        self._alpha = spec.get("alpha")
-        self._masks_file = spec.get("masks_file")
+        if spec is None:
+            raise InputError(f"{str(self._store_path)!r} is an imported store; it has no recipe to train with")
+        self._seed = spec.seed
+        self._alpha = spec.alpha
+        self._masks_file = spec.masks_file
         self._n_train = store.dataset.n_train
-        self.recipe: Recipe = build_recipe(spec["recipe"]["name"], spec["recipe"].get("params", {}))
-        self.device = device or _default_device()
+        self.recipe: Recipe = build_recipe(spec.recipe.name, spec.recipe.params)
+        self.device = str(resolve_device(device or "auto"))
         self.node = node or socket.gethostname()
         self.recipe.setup(self.device)
 
@@ -108,10 +112,6 @@ class BlockRunner:
         if self._masks_file is not None:
             explicit = np.load(self._masks_file, mmap_mode="r")
             return np.array(explicit[rows.start : rows.stop], dtype=bool)
-        return block_masks(self._seed, rows, self._n_train, float(self._alpha))
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+        if self._alpha is None:  # the spec model requires one of the two
+            raise BlockFailedError("the spec has neither alpha nor masks_file")
+        return block_masks(self._seed, rows, self._n_train, self._alpha)

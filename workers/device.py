@@ -1,4 +1,4 @@
-"""Where a worker trains: device choice and the torch thread count."""
+"""Where torch work runs: the project's one device picker, and the torch thread count."""
 
 from __future__ import annotations
 
@@ -6,20 +6,31 @@ import math
 
 import torch
 
-__all__ = ["pick_device", "configure_threads"]
+from storage.errors import InputError
+
+__all__ = ["resolve_device", "configure_threads"]
 
 
-def pick_device(prefer: str | None = None) -> str:
-    """``cuda`` when a CUDA device is usable, else ``cpu``.
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as torch reads it.
 
-    Parameters
-    ----------
-    prefer : a device string to use as it is (``"cpu"`` forces the CPU even on a
-        GPU machine); ``None`` picks automatically.
+    Raises
+    ------
+    InputError
+        A string torch does not read as a device, or CUDA asked for where there is none.
     """
-    if prefer is not None:
-        return prefer
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={device!r} is not a torch device (use 'auto', 'cpu' or 'cuda[:i]')",
+                         params=("device",)) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} asked for, but CUDA is not available here", params=("device",))
+    return resolved
 
 
 def configure_threads(cpus: float) -> int:
