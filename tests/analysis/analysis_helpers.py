@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-import orchestrator.cli_analysis  # noqa: F401  (registers `analyze` and `report` on the app)
 from orchestrator.cli import app
 from storage.datamodels import create_datamodels, write_columns
 from storage.layout import DatasetInfo

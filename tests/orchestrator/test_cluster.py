@@ -18,18 +18,20 @@ from pathlib import Path
 import pytest
 
 _SCRIPT = r'''
-import json, sys, threading, time
+import json, sys, threading
 from collections import Counter
 from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster
+from waiting import wait_until
 
 from orchestrator.api import run_sweep
-from orchestrator.driver import DriverOptions, worker_slots
+from orchestrator.run_options import DriverOptions
+from orchestrator.scheduling import worker_slots
 from orchestrator.spec import ResourcesSpec, parse_spec
 from storage.events import read_events
-from storage.sweep_store import SweepStore
+from storage.sweep_store import StoreProbe, SweepStore, probe_store
 
 tmp = Path(sys.argv[1])
 # Fast health checks: a removed node is declared dead in about a second.
@@ -78,15 +80,13 @@ try:
     doomed = workers[1]
     doomed_id = doomed.node_id
 
+    def completed(store):
+        if probe_store(store) is not StoreProbe.STORE:
+            return 0  # not created yet
+        return SweepStore.open(store).ledger.completed_blocks().size
+
     def remove_when_started():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if SweepStore.open(spec.store).ledger.completed_blocks().size >= 6:
-                    break
-            except Exception:
-                pass  # not created yet
-            time.sleep(0.1)
+        wait_until(lambda: completed(spec.store) >= 6, timeout=60, what="6 completed blocks")
         cluster.remove_node(doomed, allow_graceful=False)
 
     killer = threading.Thread(target=remove_when_started)
@@ -110,14 +110,7 @@ try:
 
     runner = threading.Thread(target=grow_sweep)
     runner.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and runner.is_alive():
-        try:
-            if SweepStore.open(spec.store).ledger.completed_blocks().size >= 2:
-                break
-        except Exception:
-            pass  # not created yet
-        time.sleep(0.1)
+    wait_until(lambda: completed(spec.store) >= 2 or not runner.is_alive(), timeout=60, what="2 completed blocks")
     joined = cluster.add_node(num_cpus=1, num_gpus=1).node_id
     runner.join()
     if "error" in outcome:
@@ -137,7 +130,9 @@ print("RESULT " + json.dumps(out))
 def test_three_node_cluster_spreads_blocks_and_survives_a_lost_node(tmp_path: Path) -> None:
     script = tmp_path / "cluster_sweep.py"
     script.write_text(_SCRIPT)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+    tests = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env,
     )

@@ -19,7 +19,7 @@ import numpy as np
 
 from orchestrator.api import run_sweep
 from orchestrator.spec import parse_spec
-from orchestrator.status import sweep_status
+from storage.status import store_status
 from storage.events import read_events
 from storage.ledger import BlockStatus
 from storage.sweep_store import SweepStore
@@ -91,7 +91,7 @@ def test_persistent_failures_are_ledgered_failed_with_traceback_and_left_for_the
     assert "Traceback" in failures[2]["error"] and "train_block" in failures[2]["error"]
     assert "RuntimeError" in failures[2]["error"]
     assert "shape" in failures[5]["error"]
-    assert sweep_status(spec.store).failures[0].block == 2
+    assert store_status(spec.store).failures[0].block == 2
 
     # The next run tries them again (and, the fault being permanent, fails them again).
     again = run_sweep(spec, progress=False)

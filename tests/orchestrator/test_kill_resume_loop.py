@@ -10,18 +10,19 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from waiting import wait_until
 
 from orchestrator.api import load_spec, run_sweep
 from storage.events import read_events
 from storage.lease import read_lease
-from storage.sweep_store import SweepStore, is_sweep_store
+from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from storage.verify import verify_store
 from workers.masks import block_masks
 
@@ -46,7 +47,12 @@ def write_spec(path: Path, store: Path, *, sleep: float | None = None) -> Path:
 
 
 def completed(store: Path) -> int:
-    return int(SweepStore.open(store).ledger.completed_blocks().size) if is_sweep_store(store) else 0
+    return int(SweepStore.open(store).ledger.completed_blocks().size) if probe_store(store) is StoreProbe.STORE else 0
+
+
+def at_random_moment(rng: random.Random, low: float, high: float) -> None:
+    """Let a random time pass: the moment a fault lands, never something the test waits for."""
+    threading.Event().wait(rng.uniform(low, high))
 
 
 @pytest.mark.slow
@@ -62,15 +68,14 @@ def test_sigkilled_driver_resumes_to_an_identical_store(ray_session, tmp_path: P
         driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kill % 2 == 0:
             # A random moment of start-up: interpreter, Ray connect, store, lease, actor set-up.
-            time.sleep(rng.uniform(0.2, 2.0))
+            at_random_moment(rng, 0.2, 2.0)
         else:
             # Mid-sweep: once a random number of further blocks is ledgered, plus a
             # random fraction of a block, so kills land between write and ledger too.
             target = completed(store_path) + rng.randint(1, 4)
-            deadline = time.monotonic() + 60
-            while completed(store_path) < target and driver.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
+            wait_until(lambda: completed(store_path) >= target or driver.poll() is not None,
+                       timeout=60, what=f"{target} completed blocks", interval=0.02)
+            at_random_moment(rng, 0.0, 0.3)
         assert driver.poll() is None, "the driver ended before its kill: " + driver.stderr.read().decode()[-2000:]
         driver.kill()
         driver.wait()  # reaped: its pid is dead, so its lease is abandoned

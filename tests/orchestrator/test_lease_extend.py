@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from waiting import wait_until
 
 from orchestrator.api import extend_sweep, load_spec, run_sweep
 from storage.errors import LeaseHeldError
@@ -49,16 +50,17 @@ def dead_pid() -> int:
 
 def test_second_driver_is_refused_while_the_first_runs(ray_session, tmp_path: Path) -> None:
     store = tmp_path / "sweep.zarr"
-    slow = {**BASE["recipe"], "params": {**BASE["recipe"]["params"], "sleep": 0.5}}
-    spec_path = write_spec(tmp_path / "spec.yaml", store, recipe=slow, num_models=24)
+    gate = tmp_path / "gate"
+    # The first driver's blocks wait at the gate, so it is surely still running when the others try.
+    held = {"name": "gated_recipe:GatedNoop", "params": {**BASE["recipe"]["params"], "gate_file": str(gate)}}
+    spec_path = write_spec(tmp_path / "spec.yaml", store, recipe=held, num_models=24)
     address = ray_session.get_runtime_context().gcs_address
     first = subprocess.Popen([DMSWEEP, "run", str(spec_path), "--address", address, "--no-progress"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while read_lease(store) is None and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert read_lease(store) is not None, "the first driver never took the lease"
+        wait_until(lambda: read_lease(store) is not None or first.poll() is not None, timeout=60,
+                   what="the first driver's lease")
+        assert read_lease(store) is not None, "the first driver never took the lease: " + first.stderr.read()[-2000:]
 
         with pytest.raises(LeaseHeldError, match="holds the lease"):
             run_sweep(load_spec(spec_path), progress=False)
@@ -66,6 +68,7 @@ def test_second_driver_is_refused_while_the_first_runs(ray_session, tmp_path: Pa
         assert second.returncode == 2
         assert "holds the lease" in second.stderr and len(second.stderr.strip().splitlines()) == 1
         assert first.poll() is None, "the refused drivers must not disturb the first"
+        gate.touch()
         assert first.wait(timeout=120) == 0, first.stderr.read()[-2000:]
     finally:
         if first.poll() is None:

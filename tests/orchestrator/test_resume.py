@@ -1,4 +1,4 @@
-"""A real sweep through `dmsweep run`, its driver SIGKILLed mid-sweep, then resumed."""
+"""A real sweep through `dmsweep run`, its driver SIGKILLed mid-sweep at a known point, then resumed."""
 
 from __future__ import annotations
 
@@ -7,29 +7,29 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import yaml
+from waiting import wait_until
 
 from orchestrator.api import load_spec, run_sweep
-from storage.sweep_store import SweepStore
+from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from storage.verify import verify_store
 from workers.masks import block_masks
 
-SPEC = {
-    "recipe": {"name": "mnist1d-cnn", "params": {"epochs": 2, "width": 8, "n_train": 400, "n_test": 100}},
-    "alpha": 0.5,
-    "num_models": 96,
-    "block": 8,
-    "seed": 7,
-    "timeout_s": 120,
-}
+#: Blocks before the gate complete; the rest wait for the gate file.
+GATE_FROM = 3
 
 
-def write_spec(path: Path, store: Path) -> Path:
-    path.write_text(yaml.safe_dump({**SPEC, "store": str(store)}))
+def write_spec(path: Path, store: Path, gate: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "store": str(store),
+        "recipe": {"name": "gated_recipe:GatedMnist1dCnn", "params": {
+            "epochs": 2, "width": 8, "n_train": 400, "n_test": 100,
+            "gate_file": str(gate), "gate_from_block": GATE_FROM}},
+        "alpha": 0.5, "num_models": 96, "block": 8, "seed": 7, "timeout_s": 120,
+    }))
     return path
 
 
@@ -38,29 +38,32 @@ def dmsweep() -> list[str]:
 
 
 def completed_blocks(store_path: Path) -> int:
-    try:
-        return int(SweepStore.open(store_path).ledger.completed_blocks().size)
-    except Exception:
+    if probe_store(store_path) is not StoreProbe.STORE:
         return 0  # not created yet
+    return int(SweepStore.open(store_path).ledger.completed_blocks().size)
 
 
 def test_killed_driver_resumes_without_losing_or_redoing_rows(ray_session, tmp_path: Path) -> None:
     store_path = tmp_path / "sweep.zarr"
-    spec_path = write_spec(tmp_path / "spec.yaml", store_path)
+    gate = tmp_path / "gate"
+    spec_path = write_spec(tmp_path / "spec.yaml", store_path, gate)
     address = ray_session.get_runtime_context().gcs_address
-    command = [*dmsweep(), "run", str(spec_path), "--address", address, "--no-progress", "--lease-ttl", "2"]
+    command = [*dmsweep(), "run", str(spec_path), "--address", address, "--no-progress", "--lease-ttl", "30"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-    deadline = time.monotonic() + 240
-    while completed_blocks(store_path) < 3 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.2)
-    driver.kill()  # SIGKILL: no cleanup, the lease stays behind until stale
-    driver.wait()
+    try:
+        wait_until(lambda: completed_blocks(store_path) >= GATE_FROM or driver.poll() is not None,
+                   timeout=240, what=f"{GATE_FROM} completed blocks")
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    finally:
+        driver.kill()  # SIGKILL: no cleanup, the lease stays behind
+        driver.wait()
     done_before = SweepStore.open(store_path).ledger.completed_blocks()
-    assert 3 <= done_before.size < 12, driver.stderr.read().decode()[-2000:]
-    time.sleep(2.5)  # the dead driver's lease goes stale
+    assert done_before.tolist() == list(range(GATE_FROM))  # every later block is held at the gate
 
+    gate.touch()
+    # The dead driver's lease names a dead pid on this host: the resume takes it over at once.
     result = run_sweep(load_spec(spec_path), progress=False)
-    assert result.done and result.newly_completed_blocks == 12 - done_before.size
+    assert result.done and result.newly_completed_blocks == 12 - GATE_FROM
     assert not result.failed_blocks
 
     store = SweepStore.open(store_path)
@@ -74,7 +77,7 @@ def test_killed_driver_resumes_without_losing_or_redoing_rows(ray_session, tmp_p
 
     # Equal, row for row, to an uninterrupted sweep of the same spec.
     fresh_path = tmp_path / "fresh.zarr"
-    run_sweep(load_spec(write_spec(tmp_path / "fresh.yaml", fresh_path)), progress=False)
+    run_sweep(load_spec(write_spec(tmp_path / "fresh.yaml", fresh_path, gate)), progress=False)
     fresh = SweepStore.open(fresh_path)
     for name in ("masks", "margins/test"):
         assert np.array_equal(store.read(name, slice(0, 96)), fresh.read(name, slice(0, 96))), name

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import wait_until
 
 from storage.sweep_store import SweepStore
 
@@ -82,11 +82,10 @@ def ray_head() -> Iterator[Head]:
     head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.monotonic() + 90
-        while not dashboard_answers(url):
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("ray head did not come up:\n" + (root / "head.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_until(lambda: dashboard_answers(url) or head.poll() is not None, timeout=90,
+                   what="the ray head's dashboard", interval=0.5)
+        if head.poll() is not None:
+            pytest.fail("ray head did not come up:\n" + (root / "head.log").read_text()[-3000:])
         yield Head(dashboard=url, metrics_port=metrics, token_file=token_file)
     finally:
         head.terminate()  # --block: the head stops its own processes on SIGTERM
@@ -138,11 +137,11 @@ def test_submit_a_sweep_then_a_fit_and_follow_each(ray_head: Head, tmp_path: Pat
     assert SweepStore.open(store).completed_rows().size == 48
 
     # The driver's custom metrics reach the node's Prometheus endpoint.
-    deadline = time.monotonic() + 30
-    text = ""
-    while "ray_dmsweep_models_completed" not in text and time.monotonic() < deadline:
+    def metrics() -> str:
         text = urllib.request.urlopen(f"http://127.0.0.1:{ray_head.metrics_port}/metrics", timeout=5).read().decode()
-        time.sleep(1)
+        return text if "ray_dmsweep_models_completed" in text else ""
+
+    text = wait_until(metrics, timeout=30, what="the driver's metrics on the node's endpoint", interval=1.0)
     assert "ray_dmsweep_models_completed" in text and 'store="sweep.zarr"' in text
 
     fit = submit(ray_head, "fit", str(store), "--name", "dm", "--k", "3", "--max-epochs", "2",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +30,11 @@ def test_noop_shapes_and_determinism() -> None:
     np.testing.assert_array_equal(again["margins/test"][0], out["margins/test"][2])
 
 
-def test_noop_is_fast_at_cifar_shapes() -> None:
+def test_noop_at_cifar_shapes() -> None:
     recipe = build_recipe("noop", {"n_train": 50_000, "n_test": 10_000})
     recipe.setup("cpu")
-    block = make_block(50_000, rows=range(64))
-    recipe.train_block(block)
-    start = time.perf_counter()
-    out = recipe.train_block(block)
-    assert out["margins/test"].shape == (64, 10_000)
-    assert time.perf_counter() - start < 0.5  # a few ms alone; slack for a busy CI machine
-
-
-def test_noop_sleep() -> None:
-    recipe = build_recipe("noop", {"n_train": 4, "n_test": 2, "sleep": 0.2})
-    start = time.perf_counter()
-    recipe.train_block(make_block(4, rows=range(1)))
-    assert time.perf_counter() - start >= 0.2
+    out = recipe.train_block(make_block(50_000, rows=range(64)))
+    assert out["margins/test"].shape == (64, 10_000)  # its speed is bench/bench_scheduler.py's business
 
 
 def test_faulty_raise_with_traceback_and_bad_shape() -> None:
@@ -67,13 +55,6 @@ def test_faulty_fails_only_the_first_attempts(tmp_path: Path) -> None:
     assert recipe.train_block(make_block(20, block_id=3))["margins/test"].shape == (4, 5)
     # A fresh recipe (another worker process) sees the same count.
     assert build_recipe("faulty", params).train_block(make_block(20, block_id=3))["margins/test"].shape == (4, 5)
-
-
-def test_faulty_hang_sleeps() -> None:
-    recipe = build_recipe("faulty", {"faults": {0: "hang"}, "hang_seconds": 0.3})
-    start = time.perf_counter()
-    recipe.train_block(make_block(20))
-    assert time.perf_counter() - start >= 0.3
 
 
 def test_faulty_crash_ends_the_process_then_recovers(tmp_path: Path) -> None:

@@ -1,0 +1,58 @@
+"""Recipes with a gate: blocks from ``gate_from_block`` on wait until ``gate_file`` exists.
+
+A test can then stop a sweep at a known point (exactly the blocks before the
+gate are complete, the rest are held) instead of racing against it. The gate
+never changes what a block computes, so a gated sweep equals an ungated one.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from workers.recipe import TrainingBlock
+from workers.recipes.mnist1d_cnn import Mnist1dCnn, Mnist1dCnnParams
+from workers.recipes.noop import NoopParams, NoopRecipe
+
+
+class _Gate(BaseModel):
+    gate_file: str = Field(description="blocks at or after gate_from_block wait until this file exists")
+    gate_from_block: int = Field(0, ge=0)
+
+
+def _wait_for_gate(params: _Gate, block: TrainingBlock) -> None:
+    if block.block_id >= params.gate_from_block:
+        gate, pause = Path(params.gate_file), threading.Event()
+        while not gate.exists():
+            pause.wait(0.05)
+
+
+class GatedMnist1dParams(Mnist1dCnnParams, _Gate):
+    pass
+
+
+class GatedMnist1dCnn(Mnist1dCnn):
+    name = "gated-mnist1d-cnn"
+    Params = GatedMnist1dParams
+    params: GatedMnist1dParams
+
+    def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
+        _wait_for_gate(self.params, block)
+        return super().train_block(block)
+
+
+class GatedNoopParams(NoopParams, _Gate):
+    pass
+
+
+class GatedNoop(NoopRecipe):
+    name = "gated-noop"
+    Params = GatedNoopParams
+    params: GatedNoopParams
+
+    def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
+        _wait_for_gate(self.params, block)
+        return super().train_block(block)
