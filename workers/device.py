@@ -1,4 +1,9 @@
-"""Where a worker trains: device choice and the torch thread count."""
+"""Where torch work runs: the project's one device picker, and the torch thread count.
+
+:func:`resolve_device` is the only place that turns a user's device string into a
+:class:`torch.device`; the workers and the regression both call it, so ``"auto"``
+means the same thing everywhere and a bad value fails the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,43 @@ import math
 
 import torch
 
-__all__ = ["pick_device", "configure_threads"]
+from storage.errors import InputError
+
+__all__ = ["resolve_device", "configure_threads"]
 
 
-def pick_device(prefer: str | None = None) -> str:
-    """``cuda`` when a CUDA device is usable, else ``cpu``.
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device a user asked for.
 
     Parameters
     ----------
-    prefer : a device string to use as it is (``"cpu"`` forces the CPU even on a
-        GPU machine); ``None`` picks automatically.
+    device : str or torch.device
+        ``"auto"`` (CUDA when a CUDA device is usable, else the CPU), ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``... or a :class:`torch.device`, returned as it is.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    InputError
+        With ``params=("device",)``: a string torch cannot read as a device, or
+        CUDA asked for on a machine without it.
     """
-    if prefer is not None:
-        return prefer
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(
+            f"device={device!r} is not a torch device (use 'auto', 'cpu' or 'cuda[:i]')", params=("device",)
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r} asked for, but CUDA is not available here", params=("device",))
+    return resolved
 
 
 def configure_threads(cpus: float) -> int:
@@ -30,8 +58,9 @@ def configure_threads(cpus: float) -> int:
 
     Parameters
     ----------
-    cpus : the number of CPU cores reserved for this worker (fractions round
-        down, at least 1 thread).
+    cpus : float
+        The number of CPU cores reserved for this worker (fractions round down,
+        at least 1 thread).
 
     Returns
     -------
