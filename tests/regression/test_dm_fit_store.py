@@ -10,16 +10,21 @@ import torch
 from dm_helpers import build_store, planted
 
 from conftest import tree_snapshot
+from regression import SolverConfig, solve_source
 from regression.fit import fit_datamodels
-from storage.published import export, import_npy
 from regression.lds import evaluate_lds
 from regression.loader import StoreSource, split_batches
-from regression.saga import SagaConfig, solve_source
+from storage.published import export, import_npy
 from storage.datamodels import finished_shards, list_datamodels, open_datamodels, read_datamodels
 from storage.errors import InputError
 from storage.sweep_store import SweepStore
 
-FAST = dict(n_alphas=25, eps=1e-4, lr="auto", batch_size=200, tol=1e-4, max_epochs=100)
+FAST = SolverConfig(n_alphas=25, eps=1e-4, lr="auto", batch_size=200, tol=1e-4, max_epochs=100)
+
+
+def fast(**changes: object) -> SolverConfig:
+    """FAST with some settings changed."""
+    return SolverConfig(**{**FAST.model_dump(), **changes})
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +43,9 @@ def test_streamed_equals_in_memory(store_path: Path) -> None:
                       queue_depth=1)
     cuts = src.cut_points()
     train, val = split_batches(cuts, 0, 600, 200), split_batches(cuts, 600, 700, 200)
-    cfg = SagaConfig(**{**FAST, "n_alphas": 12, "tol": 1e-3})
-    streamed = solve_source(src, train=train, val=val, config=cfg, refit=True)
-    resident = solve_source(src.load(), train=train, val=val, config=cfg, refit=True)
+    cfg = fast(n_alphas=12, tol=1e-3, refit=True)
+    streamed = solve_source(src, train=train, val=val, config=cfg)
+    resident = solve_source(src.load(), train=train, val=val, config=cfg)
     np.testing.assert_array_equal(streamed.lam_index, resident.lam_index)
     np.testing.assert_allclose(streamed.weight, resident.weight, rtol=0, atol=1e-6)
     np.testing.assert_allclose(streamed.bias, resident.bias, atol=1e-6)
@@ -52,19 +57,19 @@ def test_table_in_a_file_equals_table_in_memory(store_path: Path, tmp_path: Path
     src = StoreSource(store, rows=rows, output="margins/test", targets=slice(0, 9), device=torch.device("cpu"))
     cuts = src.cut_points()
     train, val = split_batches(cuts, 0, 600, 200), split_batches(cuts, 600, 700, 200)
-    cfg = SagaConfig(**{**FAST, "n_alphas": 12, "tol": 1e-3})
+    cfg = fast(n_alphas=12, tol=1e-3, refit=True)
     data = src.load()
     table_file = tmp_path / "scratch" / "dm-shard0000.table"
-    on_disk = solve_source(data, train=train, val=val, config=cfg, refit=True, table_file=table_file)
-    in_memory = solve_source(data, train=train, val=val, config=cfg, refit=True)
+    on_disk = solve_source(data, train=train, val=val, config=cfg, table_file=table_file)
+    in_memory = solve_source(data, train=train, val=val, config=cfg)
     np.testing.assert_array_equal(on_disk.lam_index, in_memory.lam_index)
     np.testing.assert_array_equal(on_disk.weight, in_memory.weight)
     assert not table_file.parent.exists()  # the file and its folder are gone afterwards
 
 
 def test_fit_sharded_equals_unsharded_and_lds(store_path: Path) -> None:
-    one = fit_datamodels(store_path, name="one", rows=slice(0, 800), **FAST)
-    three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, **FAST)
+    one = fit_datamodels(store_path, name="one", rows=slice(0, 800), config=FAST)
+    three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, config=FAST)
     assert (one.shards, three.shards) == (1, 3)
     assert one.n_train_rows + one.n_val_rows == 750  # block 7 is not completed
     root = SweepStore.open(store_path).group
@@ -83,7 +88,7 @@ def test_fit_sharded_equals_unsharded_and_lds(store_path: Path) -> None:
 def test_fit_on_ray_equals_serial(store_path: Path, request: pytest.FixtureRequest) -> None:
     ray = request.getfixturevalue("ray_session")
     assert ray.is_initialized()
-    kw = dict(rows=slice(0, 600), targets=slice(0, 4), **FAST)
+    kw = dict(rows=slice(0, 600), targets=slice(0, 4), config=FAST)
     # one shard never goes to Ray; two shards run as Ray tasks while Ray is initialised
     serial = fit_datamodels(store_path, name="serial", shards=1, **kw)
     distributed = fit_datamodels(store_path, name="ray", shards=2, **kw)
@@ -95,7 +100,7 @@ def test_fit_on_ray_equals_serial(store_path: Path, request: pytest.FixtureReque
 
 
 def test_resume_skips_finished_shards(store_path: Path) -> None:
-    kw = dict(name="resume", rows=slice(0, 600), shards=3, **FAST)
+    kw = dict(name="resume", rows=slice(0, 600), shards=3, config=FAST)
     first = fit_datamodels(store_path, **kw)
     assert (first.shards_fitted, first.shards_skipped) == (3, 0)
     again = fit_datamodels(store_path, **kw)
@@ -124,7 +129,7 @@ def test_import_fit_export_round_trip(tmp_path: Path) -> None:
     assert imported.num_models == 400 and (imported.n_train, imported.n_test) == (30, 5)
     store = SweepStore.open(tmp_path / "store")
     np.testing.assert_array_equal(store.read("masks", slice(0, 400)), masks)
-    fit_datamodels(tmp_path / "store", name="dm", rows=slice(0, 300), refit=True, **FAST)
+    fit_datamodels(tmp_path / "store", name="dm", rows=slice(0, 300), config=fast(refit=True))
     out = export(tmp_path / "store", "dm", "pt", tmp_path / "dm.pt")
     data = torch.load(out, weights_only=True)
     assert set(data) == {"weight", "bias", "lam"} and data["weight"].shape == (30, 5)
@@ -157,8 +162,10 @@ def _bad_fit_calls(path: Path) -> list[tuple[dict, str]]:
 def test_bad_fit_inputs_write_nothing(store_path: Path) -> None:
     before = tree_snapshot(store_path)
     for kwargs, match in _bad_fit_calls(store_path):
-        with pytest.raises(InputError, match=match):
-            fit_datamodels(store_path, name="bad", **kwargs)
+        settings = {k: v for k, v in kwargs.items() if k in SolverConfig.model_fields}
+        rest = {k: v for k, v in kwargs.items() if k not in settings}
+        with pytest.raises(InputError, match=match) as err:
+            fit_datamodels(store_path, name="bad", config=SolverConfig(**settings), **rest)
     assert tree_snapshot(store_path) == before
     assert "bad" not in list_datamodels(SweepStore.open(store_path).group)
 
@@ -171,12 +178,12 @@ def test_nan_margins_and_empty_store_refused(tmp_path: Path) -> None:
     for name, match in (("nan", "NaN"), ("empty", "completed rows")):
         before = tree_snapshot(tmp_path / name)
         with pytest.raises(InputError, match=match):
-            fit_datamodels(tmp_path / name, name="dm", **FAST)
+            fit_datamodels(tmp_path / name, name="dm", config=FAST)
         assert tree_snapshot(tmp_path / name) == before
 
 
 def test_bad_eval_inputs(store_path: Path, tmp_path: Path) -> None:
-    fit_datamodels(store_path, name="evalme", rows=slice(0, 600), **FAST)
+    fit_datamodels(store_path, name="evalme", rows=slice(0, 600), config=FAST)
     before = tree_snapshot(store_path)
     with pytest.raises(InputError, match="available"):
         evaluate_lds(store_path, name="nope")
