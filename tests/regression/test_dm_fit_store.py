@@ -166,6 +166,7 @@ def test_bad_fit_inputs_write_nothing(store_path: Path) -> None:
         rest = {k: v for k, v in kwargs.items() if k not in settings}
         with pytest.raises(InputError, match=match) as err:
             fit_datamodels(store_path, name="bad", config=SolverConfig(**settings), **rest)
+        assert set(err.value.params) & set(kwargs), (kwargs, err.value.params)
     assert tree_snapshot(store_path) == before
     assert "bad" not in list_datamodels(SweepStore.open(store_path).group)
 
@@ -187,12 +188,14 @@ def test_bad_eval_inputs(store_path: Path, tmp_path: Path) -> None:
     before = tree_snapshot(store_path)
     with pytest.raises(InputError, match="available"):
         evaluate_lds(store_path, name="nope")
-    with pytest.raises(InputError, match="used to fit"):
+    with pytest.raises(InputError, match="used to fit") as err:
         evaluate_lds(store_path, name="evalme", rows=slice(500, 700))
+    assert err.value.params == ("rows",)
     masks, margins, _ = planted(100, 25, 9)
     other = build_store(tmp_path / "other", masks, margins, block=50)
-    with pytest.raises(InputError, match="n_train"):
+    with pytest.raises(InputError, match="n_train") as err:
         evaluate_lds(store_path, name="evalme", eval_store=other.path)
+    assert err.value.params == ("eval_store",)
     assert tree_snapshot(store_path) == before
     # a separate eval store of the same dataset works
     masks, margins, _ = planted(1000, 40, 9, noise=0.2)
