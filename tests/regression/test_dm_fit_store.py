@@ -251,3 +251,52 @@ def test_memory_plan_puts_the_table_in_a_file_only_as_a_last_resort() -> None:
     assert tight.table_on_disk and not tight.masks_resident and tight.host_bytes < 300 << 20
     with pytest.raises(InputError, match="max_memory"):
         plan_memory(max_memory=rss + (20 << 20), **kw)
+
+
+class _Recorder:
+    """A FitProgress that writes down every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def fit_started(self, *, shards: int, steps: int) -> None:
+        self.calls.append(("fit_started", shards, steps))
+
+    def lambda_step(self, done: int, total: int, alive: int) -> None:
+        self.calls.append(("lambda_step", done, total, alive))
+
+    def shard_finished(self) -> None:
+        self.calls.append(("shard_finished",))
+
+    def fit_finished(self) -> None:
+        self.calls.append(("fit_finished",))
+
+
+def test_fit_progress_is_told_in_order(store_path: Path) -> None:
+    import re
+
+    from regression import FitProgress
+
+    recorder = _Recorder()
+    _: FitProgress = recorder  # a Protocol: any object with these four methods is one
+    fit_datamodels(store_path, name="progress", rows=slice(0, 600), targets=slice(0, 3), config=FAST,
+                   progress=recorder)
+    kinds = [c[0] for c in recorder.calls]
+    assert kinds[0] == "fit_started" and recorder.calls[0][1:] == (1, FAST.n_alphas)
+    assert kinds[-2:] == ["shard_finished", "fit_finished"]
+    steps = [c for c in recorder.calls if c[0] == "lambda_step"]
+    assert steps and [c[1] for c in steps] == list(range(1, len(steps) + 1))
+    assert all(total == FAST.n_alphas and 0 <= alive <= 3 for _, _, total, alive in steps)
+    assert kinds == ["fit_started", *["lambda_step"] * len(steps), "shard_finished", "fit_finished"]
+
+    # Three shards (as Ray tasks if a test before started Ray: those report no λ steps).
+    sharded = _Recorder()
+    fit_datamodels(store_path, name="progress3", rows=slice(0, 600), config=FAST, shards=3, progress=sharded)
+    sequence = " ".join(c[0] for c in sharded.calls)
+    assert re.fullmatch(r"fit_started( lambda_step)*(( lambda_step)* shard_finished){3} fit_finished", sequence)
+    assert sharded.calls[0] == ("fit_started", 3, FAST.n_alphas)
+
+    # Resumed with nothing left to fit: started with no shards, then finished.
+    again = _Recorder()
+    fit_datamodels(store_path, name="progress3", rows=slice(0, 600), config=FAST, shards=3, progress=again)
+    assert again.calls == [("fit_started", 0, FAST.n_alphas), ("fit_finished",)]

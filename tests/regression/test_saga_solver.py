@@ -244,3 +244,33 @@ def test_cuda_with_table_in_pinned_host_memory() -> None:
     on = solve_source(src, train=train, val=val, config=cfg, table_on_device=True)
     off = solve_source(src, train=train, val=val, config=cfg, table_on_device=False)
     np.testing.assert_allclose(on.weight, off.weight, atol=1e-6)
+
+
+def test_estimator_params_come_from_solver_config() -> None:
+    est = SagaLassoPath(lr="auto", n_alphas=10)
+    params = est.get_params()
+    assert set(params) == {"alphas", "device", *SolverConfig.model_fields}
+    assert params["lr"] == "auto" and params["n_alphas"] == 10 and params["eps"] == SolverConfig().eps
+    assert SagaLassoPath(**params).get_params() == params  # scikit-learn's clone round trip
+    # config gives the settings, keywords override them
+    from_config = SagaLassoPath(config=SolverConfig(lr="auto", n_alphas=10, refit=True), n_alphas=7)
+    assert from_config.get_params() == {**params, "n_alphas": 7, "refit": True}
+    assert est.set_params(n_alphas=12, device="cpu") is est
+    assert (est.n_alphas, est.device) == (12, "cpu")
+    est.set_params(config=SolverConfig(tol=1e-3))
+    assert est.tol == 1e-3 and est.lr == SolverConfig().lr
+    with pytest.raises(InputError, match="n_alpha") as err:
+        est.set_params(n_alpha=3)
+    assert err.value.params == ("n_alpha",)
+
+
+def test_estimator_checks_values_at_fit_not_init() -> None:
+    x, y, _ = _data("random", n=60, n_features=5)
+    est = SagaLassoPath(lr=-1.0, device="cpu")  # stored as given
+    assert est.lr == -1.0
+    with pytest.raises(InputError, match="lr") as err:
+        est.fit(x, y)
+    assert err.value.params == ("lr",)
+    est.set_params(lr="auto", n_alphas=3, max_epochs=20).fit(x, y)
+    assert est.config_ == SolverConfig(lr="auto", n_alphas=3, max_epochs=20)
+    assert est.alphas_.shape == (3, y.shape[1])
