@@ -73,6 +73,7 @@ class SolverConfig(UserModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a bool for every field but the bool ones."""
         # Lax mode reads True as 1; a flag where a number belongs is a mistake, not a 1.
         if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation is not bool:
             raise ValueError("expected a number, not a bool")

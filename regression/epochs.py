@@ -170,6 +170,9 @@ def run_fixed_lambda(
 
     Parameters
     ----------
+    problem : Problem
+        The run's batches, moments, table and step; its ``n_iter`` and ``flops``
+        are counted up.
     weight, grad : Tensor, shape [N, T_all]
         Weights (std. coords) and table gradient average; columns ``cols`` are
         updated in place.
@@ -184,6 +187,14 @@ def run_fixed_lambda(
     -------
     epochs : Tensor of int64, shape [A]
     converged : Tensor of bool, shape [A]
+
+    Raises
+    ------
+    Diverged
+        Under the guard, an iterate left the bound every optimum obeys (or went
+        non-finite): the caller redoes the path at the proven step.
+    SolverError
+        Non-finite weights at the proven step (a bug).
     """
     cfg, mom, table = problem.cfg, problem.moments, problem.table
     step, n, m = problem.step, mom.n, len(problem.batches)
@@ -201,6 +212,7 @@ def run_fixed_lambda(
     bound = _DIVERGENCE_FACTOR * problem.y_power.index_select(0, act) / (2 * lam.clamp_min(torch.finfo(lam.dtype).tiny))
 
     def write_back(keep: torch.Tensor | None) -> None:
+        """Copy converged columns (all when ``keep`` is None) back; compact to the ``keep`` ones."""
         nonlocal w, g_avg, act, pos, thr, ybar, bound, full
         if full and keep is None:
             return  # ``w`` is ``weight`` itself

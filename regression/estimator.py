@@ -78,7 +78,7 @@ class SagaLassoPath:
 
     @classmethod
     def _own_param_names(cls) -> tuple[str, ...]:
-        # The estimator's own parameters, read off the signature so they are never re-typed.
+        """The estimator's own parameters (not SolverConfig fields), read off ``__init__``'s signature."""
         signature = inspect.signature(cls.__init__)
         return tuple(
             p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "config"

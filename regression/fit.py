@@ -66,7 +66,8 @@ class FitResult:
     mean_val_mse, mean_nnz, mean_lam : float
         Over all targets of the group (NaN MSE without validation rows).
     config : dict
-        Solver settings.
+        The solver settings, ``SolverConfig.model_dump(mode="json")``
+        (``SolverConfig(**config)`` rebuilds them).
     """
 
     name: str
@@ -85,6 +86,7 @@ class FitResult:
     config: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-able data (what ``dmsweep fit --json`` prints)."""
         return asdict(self)
 
 
@@ -216,6 +218,7 @@ def fit_datamodels(
     ]
 
     def record(receipt: dict[str, Any]) -> None:
+        # This process is the only writer of the finished-shard records.
         mark_shard_finished(group, int(receipt["shard"]), receipt)
         progress.shard_finished()
 

@@ -87,18 +87,12 @@ def saga_lasso_path(
         raise InputError(f"dtype={dtype!r} (expected 'float32' or 'float64')", params=("dtype",))
     torch_dtype = _DTYPES[dtype]
     dev = resolve_device(device)
-    x = _as_tensor(X, "X", dev)
-    y = _as_tensor(Y, "Y", dev, dtype=torch_dtype)
-    if y.ndim == 1:
-        y = y[:, None]
+    x, y = _as_rows(X, Y, ("X", "Y"), dev, torch_dtype)
     n_train = int(x.shape[0]) if x.ndim == 2 else 0
     if (X_val is None) != (Y_val is None):
         raise InputError("give both X_val and Y_val, or neither", params=("X_val", "Y_val"))
     if X_val is not None and Y_val is not None:
-        xv = _as_tensor(X_val, "X_val", dev)
-        yv = _as_tensor(Y_val, "Y_val", dev, dtype=torch_dtype)
-        if yv.ndim == 1:
-            yv = yv[:, None]
+        xv, yv = _as_rows(X_val, Y_val, ("X_val", "Y_val"), dev, torch_dtype)
         if xv.ndim != 2 or x.ndim != 2 or xv.shape[1] != x.shape[1] or yv.shape[1] != y.shape[1]:
             raise InputError("X_val / Y_val must have the columns of X / Y", params=("X_val", "Y_val"))
         x, y = torch.cat([x, xv.to(x.dtype)]), torch.cat([y, yv])
@@ -116,6 +110,16 @@ def saga_lasso_path(
         source, train=train, val=val, config=cfg, alphas=alphas, coef_init=coef_init, dtype=torch_dtype,
         progress=progress,
     )
+
+
+def _as_rows(
+    X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor, names: tuple[str, str], device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks as given and outputs in ``dtype`` (a 1-D ``Y`` as one target column), on ``device``."""
+    x = _as_tensor(X, names[0], device)
+    y = _as_tensor(Y, names[1], device, dtype=dtype)
+    return x, y[:, None] if y.ndim == 1 else y
 
 
 def _as_tensor(a: np.ndarray | torch.Tensor, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -60,7 +60,7 @@ class ShardJob:
     n_train_rows : int
         How many of ``fit_rows`` are training rows (the rest validate).
     config : dict
-        ``SolverConfig.model_dump()``; :func:`fit_shard` rebuilds the config.
+        ``SolverConfig.model_dump(mode="json")``; :func:`fit_shard` rebuilds the config.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``, resolved where the shard runs.
     max_memory : int or None

@@ -63,12 +63,14 @@ class ResidualTable:
         self.data = torch.zeros((n_rows, n_targets), dtype=dtype, device=where, pin_memory=pin)
 
     def _read_rows(self, r0: int, r1: int) -> torch.Tensor:
+        """Rows ``[r0, r1)`` of the file, all columns, on the host."""
         assert self._fd is not None  # only called on a file-backed table
         row_bytes = self.nbytes // self.shape[0]
         raw = os.pread(self._fd, (r1 - r0) * row_bytes, r0 * row_bytes)
         return torch.from_numpy(np.frombuffer(raw, dtype=self._np_dtype).reshape(r1 - r0, self.shape[1]).copy())
 
     def _write_rows(self, r0: int, rows: torch.Tensor) -> None:
+        """Write host rows [B, T] at row ``r0`` of the file."""
         assert self._fd is not None  # only called on a file-backed table
         row_bytes = self.nbytes // self.shape[0]
         os.pwrite(self._fd, rows.contiguous().numpy().tobytes(), r0 * row_bytes)
