@@ -79,7 +79,7 @@ def _planted(m: int, n: int, t: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
     from sklearn.linear_model import lasso_path
 
-    from regression.saga import saga_lasso_path
+    from regression import SolverConfig, saga_lasso_path
 
     if args.store:
         from storage.sweep_store import SweepStore
@@ -94,12 +94,12 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
         source = "block_masks + planted sparse linear margins (30 nonzeros/target, noise sd 0.5)"
     n_val = len(masks) // 10
     x, y, xv, yv = masks[:-n_val], margins[:-n_val], masks[-n_val:], margins[-n_val:]
-    kw = dict(n_alphas=100, eps=1e-6, lr=args.lr, batch_size=2000, tol=args.tol, max_epochs=100, patience=5,
-              device="cpu")
+    settings = dict(n_alphas=100, eps=1e-6, lr=args.lr, batch_size=2000, tol=args.tol, max_epochs=100, patience=5)
+    config = SolverConfig(**settings)
     ours, result = [], None
     for _ in range(args.repeats):
         start = time.perf_counter()
-        result = saga_lasso_path(x, y, X_val=xv, Y_val=yv, **kw)
+        result = saga_lasso_path(x, y, X_val=xv, Y_val=yv, config=config, device="cpu")
         ours.append(time.perf_counter() - start)
     assert result is not None
 
@@ -112,7 +112,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
     sk_seconds, sk_mse, ours_mse, walked = [], [], [], []
     warnings.filterwarnings("ignore")
     for t in subset:
-        steps = min(100, int(result.lam_index[t]) + kw["patience"] + 1)
+        steps = min(100, int(result.lam_index[t]) + config.patience + 1)
         yt = y[:, t].astype(np.float64)
         start = time.perf_counter()
         _, coefs, _ = lasso_path(xs, yt - yt.mean(), alphas=result.lambdas[:steps, t].astype(np.float64), tol=args.tol)
@@ -127,7 +127,8 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "data": {"models": len(masks), "train": len(x), "val": n_val, "features": x.shape[1], "targets": y.shape[1],
                  "source": source},
-        "params": {**kw, "sklearn": "lasso_path(precompute=auto), standardised X, centred y, alphas = our grid prefix"},
+        "params": {**settings, "device": "cpu",
+                   "sklearn": "lasso_path(precompute=auto), standardised X, centred y, alphas = our grid prefix"},
         "ours_seconds": _spread(ours),
         "ours": {"step_size": result.step_size, "lipschitz": result.lipschitz, "mean_epochs_per_target":
                  float(result.n_epochs.mean()), "mean_lambda_index": float(result.lam_index.mean()),
@@ -148,14 +149,15 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
 
 def _memory_child(store: str, max_memory: int, targets: int) -> None:
     # Runs in a fresh process so ru_maxrss is this fit's alone.
+    from regression import SolverConfig
     from regression.fit import fit_datamodels
     from regression.memory import current_rss, peak_rss
 
     baseline = current_rss()
     start = time.perf_counter()
-    result = fit_datamodels(store, name="membench", targets=slice(0, targets), n_alphas=3, eps=1e-2, lr="auto",
-                            tol=1e-2, max_epochs=2, batch_size=2000, max_memory=max_memory, device="cpu",
-                            overwrite=True)
+    config = SolverConfig(n_alphas=3, eps=1e-2, lr="auto", tol=1e-2, max_epochs=2, batch_size=2000)
+    result = fit_datamodels(store, name="membench", targets=slice(0, targets), config=config, max_memory=max_memory,
+                            device="cpu", overwrite=True)
     print(json.dumps({"baseline_rss": baseline, "peak_rss": peak_rss(), "seconds": time.perf_counter() - start,
                       "mean_nnz": result.mean_nnz}))
 
@@ -205,8 +207,8 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine"}
+    from regression import SolverConfig, solve_source
     from regression.loader import TensorSource, split_batches
-    from regression.saga import SagaConfig, solve_source
 
     m, n, t, b = 50_000, 10_000, 1_000, 2_000
     dev = torch.device("cuda")
@@ -229,7 +231,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     src = TensorSource(masks, y)
     cuts = src.cut_points()
     train, val = split_batches(cuts, 0, 45_000, b), split_batches(cuts, 45_000, m, b)
-    cfg = SagaConfig(n_alphas=args.gpu_steps, eps=1e-2, lr="auto", tol=1e-3, max_epochs=20)
+    cfg = SolverConfig(n_alphas=args.gpu_steps, eps=1e-2, lr="auto", tol=1e-3, max_epochs=20)
     times = []
     for _ in range(args.repeats):
         torch.cuda.synchronize()

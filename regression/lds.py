@@ -136,12 +136,16 @@ def evaluate_lds(
     store = fit_store if eval_store is None else SweepStore.open(eval_store, mode="r")
     same_store = eval_store is None or Path(eval_store).resolve() == fit_store.path.resolve()
     if store.dataset.n_train != int(meta["n_train"]):
-        raise InputError(f"eval store has n_train={store.dataset.n_train}, the datamodels {meta['n_train']}")
+        raise InputError(
+            f"eval_store has n_train={store.dataset.n_train}, the datamodels {meta['n_train']}", params=("eval_store",)
+        )
     if output not in store.outputs:
-        raise InputError(f"eval store has no {output!r}; it has {list(store.outputs)}")
+        raise InputError(f"eval_store has no {output!r}; it has {list(store.outputs)}", params=("eval_store",))
     width = store.dataset.n_test if output == "margins/test" else store.dataset.n_train
     if t1 > width:
-        raise InputError(f"the datamodels cover {output} columns [{t0}, {t1}); the eval store has {width}")
+        raise InputError(
+            f"the datamodels cover {output} columns [{t0}, {t1}); eval_store has {width}", params=("eval_store",)
+        )
 
     completed = store.completed_rows()
     selected = check_slice(rows, store.num_models, "rows")
@@ -153,16 +157,23 @@ def evaluate_lds(
             eval_rows = np.setdiff1d(eval_rows, fitted)
         elif overlap.size:
             raise InputError(
-                f"{overlap.size} evaluation rows were used to fit {name!r} (first: row {overlap[0]}); "
-                "evaluate on held-out rows or another store"
+                f"rows: {overlap.size} evaluation rows were used to fit {name!r} (first: row {overlap[0]}); "
+                "evaluate on held-out rows or another eval_store",
+                params=("rows",),
             )
     if eval_rows.size < 3:
-        raise InputError(f"{eval_rows.size} held-out completed rows to evaluate on; need at least 3")
+        raise InputError(
+            f"rows / eval_store hold {eval_rows.size} held-out completed rows to evaluate on; need at least 3",
+            params=("rows", "eval_store"),
+        )
 
     weight = group["weight"]
     bias = np.asarray(group["bias"][...], dtype=np.float32)  # type: ignore[index]
     if not np.isfinite(bias).all():
-        raise InputError(f"datamodels {name!r} are not completely fitted (some shards missing); finish the fit first")
+        raise InputError(
+            f"datamodels name={name!r} are not completely fitted (some shards missing); finish the fit first",
+            params=("name",),
+        )
     w = np.asarray(weight[...], dtype=np.float32)  # type: ignore[index]
     preds, actuals = [], []
     step = max(store.block, (1 << 26) // max(1, store.dataset.n_train) // store.block * store.block)
@@ -171,12 +182,18 @@ def evaluate_lds(
         masks = store.read("masks", index)
         actual = store.read(output, index)[:, t0:t1].astype(np.float32)
         if not np.isfinite(actual).all():
-            raise InputError(f"{output} of the evaluation rows has NaN or infinite values")
+            raise InputError(
+                f"{output} of the evaluation rows (rows / eval_store) has NaN or infinite values",
+                params=("rows", "eval_store"),
+            )
         preds.append(masks.astype(np.float32) @ w + bias)
         actuals.append(actual)
     spearman, pearson, constant = column_correlations(np.concatenate(preds), np.concatenate(actuals))
     if constant.all():
-        raise InputError("every target is constant on the evaluation rows (or has constant predictions)")
+        raise InputError(
+            "every target is constant on the evaluation rows (rows / eval_store), or has constant predictions",
+            params=("rows", "eval_store"),
+        )
     result = LdsResult(
         lds=float(np.nanmean(spearman)),
         pearson=float(np.nanmean(pearson)),

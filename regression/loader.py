@@ -116,7 +116,8 @@ class TensorSource:
     def __init__(self, masks: torch.Tensor, targets: torch.Tensor, *, block: int = 1) -> None:
         if masks.ndim != 2 or targets.ndim != 2 or masks.shape[0] != targets.shape[0]:
             raise InputError(
-                f"masks [M, N] and targets [M, T] must share M; got {tuple(masks.shape)} and {tuple(targets.shape)}"
+                f"masks [M, N] and targets [M, T] must share M; got {tuple(masks.shape)} and {tuple(targets.shape)}",
+                params=("masks", "targets"),
             )
         if targets.dtype not in (torch.float32, torch.float64):
             targets = targets.float()

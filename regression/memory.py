@@ -143,7 +143,8 @@ def plan_memory(
         if device_need > free_device:
             raise InputError(
                 f"{n_targets} targets need about {_gib(device_need)} of GPU memory, {_gib(free_device)} is free: "
-                "use more shards"
+                "use more shards",
+                params=("shards",),
             )
         table_on_device = device_need + table <= free_device
         masks_resident = device_need + table * table_on_device + resident <= free_device
@@ -176,6 +177,7 @@ def plan_memory(
 
 
 def _depth(room: int, read_ahead: int) -> int:
+    """Batches the reader may hold ahead in ``room`` bytes (1 to the cap)."""
     return max(1, min(_MAX_QUEUE, room // max(read_ahead, 1) - 1))
 
 
@@ -192,14 +194,19 @@ def available_host() -> int:
 
 
 def _gib(n: int) -> str:
+    """``n`` bytes as GiB with two decimals."""
     return f"{n / 2**30:.2f} GiB"
 
 
 def _too_small(max_memory: int | None, budget: int | None, need: int) -> InputError:
+    """The refusal when even the leanest plan needs ``need`` bytes more than the budget."""
     if max_memory is None or budget is None:
-        return InputError(f"the fit needs at least {_gib(need)} of host memory; not available: use more shards")
+        return InputError(
+            f"the fit needs at least {_gib(need)} of host memory; not available: use more shards", params=("shards",)
+        )
     return InputError(
         f"max_memory={_gib(max_memory)} is too small: {_gib(max_memory - budget)} is already resident and the "
         f"leanest plan needs about {_gib(int(need / (1 - _HEADROOM)))} more; raise max_memory, use more shards "
-        "(fewer targets at once) or a smaller batch_size"
+        "(fewer targets at once) or a smaller batch_size",
+        params=("max_memory",),
     )

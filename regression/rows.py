@@ -14,17 +14,27 @@ def check_slice(sel: slice | None, size: int, what: str) -> range:
 
     Unlike Python slicing nothing is clipped silently: bounds outside ``[0, size]``,
     a step other than 1 and an empty selection are refused.
+
+    Parameters
+    ----------
+    sel : slice or None
+        The selection (None: everything).
+    size : int
+        The length selected from.
+    what : str
+        The library parameter ``sel`` came in as (``"rows"``, ``"targets"``): the
+        error names it and carries it in ``params``.
     """
     if sel is None:
         return range(0, size)
     if not isinstance(sel, slice):
-        raise InputError(f"{what} must be a slice, got {type(sel).__name__}")
+        raise InputError(f"{what} must be a slice, got {type(sel).__name__}", params=(what,))
     if sel.step not in (None, 1):
-        raise InputError(f"{what} must have step 1, got {sel.step}")
+        raise InputError(f"{what} must have step 1, got {sel.step}", params=(what,))
     start = 0 if sel.start is None else int(sel.start)
     stop = size if sel.stop is None else int(sel.stop)
     if not 0 <= start < stop <= size:
-        raise InputError(f"{what} [{sel.start}:{sel.stop}] is outside [0, {size}) or empty")
+        raise InputError(f"{what} [{sel.start}:{sel.stop}] is outside [0, {size}) or empty", params=(what,))
     return range(start, stop)
 
 

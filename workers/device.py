@@ -1,4 +1,9 @@
-"""Where torch work runs: the project's one device picker, and the torch thread count."""
+"""Where torch work runs: the project's one device picker, and the torch thread count.
+
+:func:`resolve_device` is the only place that turns a user's device string into a
+:class:`torch.device`; the workers and the regression both call it, so ``"auto"``
+means the same thing everywhere and a bad value fails the same way.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,23 @@ __all__ = ["resolve_device", "configure_threads"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as torch reads it.
+    """The torch device a user asked for.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` (CUDA when a CUDA device is usable, else the CPU), ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``... or a :class:`torch.device`, returned as it is.
+
+    Returns
+    -------
+    torch.device
 
     Raises
     ------
     InputError
-        A string torch does not read as a device, or CUDA asked for where there is none.
+        With ``params=("device",)``: a string torch cannot read as a device, or
+        CUDA asked for on a machine without it.
     """
     if isinstance(device, torch.device):
         return device
@@ -25,9 +41,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device={device!r} is not a torch device (use 'auto', 'cpu' or 'cuda[:i]')",
-                         params=("device",)) from None
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(
+            f"device={device!r} is not a torch device (use 'auto', 'cpu' or 'cuda[:i]')", params=("device",)
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device={device!r} asked for, but CUDA is not available here", params=("device",))
     return resolved
@@ -41,8 +58,9 @@ def configure_threads(cpus: float) -> int:
 
     Parameters
     ----------
-    cpus : the number of CPU cores reserved for this worker (fractions round
-        down, at least 1 thread).
+    cpus : float
+        The number of CPU cores reserved for this worker (fractions round down,
+        at least 1 thread).
 
     Returns
     -------

@@ -10,16 +10,21 @@ import torch
 from dm_helpers import build_store, planted
 
 from conftest import tree_snapshot
+from regression import SolverConfig, solve_source
 from regression.fit import fit_datamodels
-from storage.published import export, import_npy
 from regression.lds import evaluate_lds
 from regression.loader import StoreSource, split_batches
-from regression.saga import SagaConfig, solve_source
+from storage.published import export, import_npy
 from storage.datamodels import finished_shards, list_datamodels, open_datamodels, read_datamodels
 from storage.errors import InputError
 from storage.sweep_store import SweepStore
 
-FAST = dict(n_alphas=25, eps=1e-4, lr="auto", batch_size=200, tol=1e-4, max_epochs=100)
+FAST = SolverConfig(n_alphas=25, eps=1e-4, lr="auto", batch_size=200, tol=1e-4, max_epochs=100)
+
+
+def fast(**changes: object) -> SolverConfig:
+    """FAST with some settings changed."""
+    return SolverConfig(**{**FAST.model_dump(), **changes})
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +43,9 @@ def test_streamed_equals_in_memory(store_path: Path) -> None:
                       queue_depth=1)
     cuts = src.cut_points()
     train, val = split_batches(cuts, 0, 600, 200), split_batches(cuts, 600, 700, 200)
-    cfg = SagaConfig(**{**FAST, "n_alphas": 12, "tol": 1e-3})
-    streamed = solve_source(src, train=train, val=val, config=cfg, refit=True)
-    resident = solve_source(src.load(), train=train, val=val, config=cfg, refit=True)
+    cfg = fast(n_alphas=12, tol=1e-3, refit=True)
+    streamed = solve_source(src, train=train, val=val, config=cfg)
+    resident = solve_source(src.load(), train=train, val=val, config=cfg)
     np.testing.assert_array_equal(streamed.lam_index, resident.lam_index)
     np.testing.assert_allclose(streamed.weight, resident.weight, rtol=0, atol=1e-6)
     np.testing.assert_allclose(streamed.bias, resident.bias, atol=1e-6)
@@ -52,19 +57,19 @@ def test_table_in_a_file_equals_table_in_memory(store_path: Path, tmp_path: Path
     src = StoreSource(store, rows=rows, output="margins/test", targets=slice(0, 9), device=torch.device("cpu"))
     cuts = src.cut_points()
     train, val = split_batches(cuts, 0, 600, 200), split_batches(cuts, 600, 700, 200)
-    cfg = SagaConfig(**{**FAST, "n_alphas": 12, "tol": 1e-3})
+    cfg = fast(n_alphas=12, tol=1e-3, refit=True)
     data = src.load()
     table_file = tmp_path / "scratch" / "dm-shard0000.table"
-    on_disk = solve_source(data, train=train, val=val, config=cfg, refit=True, table_file=table_file)
-    in_memory = solve_source(data, train=train, val=val, config=cfg, refit=True)
+    on_disk = solve_source(data, train=train, val=val, config=cfg, table_file=table_file)
+    in_memory = solve_source(data, train=train, val=val, config=cfg)
     np.testing.assert_array_equal(on_disk.lam_index, in_memory.lam_index)
     np.testing.assert_array_equal(on_disk.weight, in_memory.weight)
     assert not table_file.parent.exists()  # the file and its folder are gone afterwards
 
 
 def test_fit_sharded_equals_unsharded_and_lds(store_path: Path) -> None:
-    one = fit_datamodels(store_path, name="one", rows=slice(0, 800), **FAST)
-    three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, **FAST)
+    one = fit_datamodels(store_path, name="one", rows=slice(0, 800), config=FAST)
+    three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, config=FAST)
     assert (one.shards, three.shards) == (1, 3)
     assert one.n_train_rows + one.n_val_rows == 750  # block 7 is not completed
     root = SweepStore.open(store_path).group
@@ -83,7 +88,7 @@ def test_fit_sharded_equals_unsharded_and_lds(store_path: Path) -> None:
 def test_fit_on_ray_equals_serial(store_path: Path, request: pytest.FixtureRequest) -> None:
     ray = request.getfixturevalue("ray_session")
     assert ray.is_initialized()
-    kw = dict(rows=slice(0, 600), targets=slice(0, 4), **FAST)
+    kw = dict(rows=slice(0, 600), targets=slice(0, 4), config=FAST)
     # one shard never goes to Ray; two shards run as Ray tasks while Ray is initialised
     serial = fit_datamodels(store_path, name="serial", shards=1, **kw)
     distributed = fit_datamodels(store_path, name="ray", shards=2, **kw)
@@ -95,7 +100,7 @@ def test_fit_on_ray_equals_serial(store_path: Path, request: pytest.FixtureReque
 
 
 def test_resume_skips_finished_shards(store_path: Path) -> None:
-    kw = dict(name="resume", rows=slice(0, 600), shards=3, **FAST)
+    kw = dict(name="resume", rows=slice(0, 600), shards=3, config=FAST)
     first = fit_datamodels(store_path, **kw)
     assert (first.shards_fitted, first.shards_skipped) == (3, 0)
     again = fit_datamodels(store_path, **kw)
@@ -124,7 +129,7 @@ def test_import_fit_export_round_trip(tmp_path: Path) -> None:
     assert imported.num_models == 400 and (imported.n_train, imported.n_test) == (30, 5)
     store = SweepStore.open(tmp_path / "store")
     np.testing.assert_array_equal(store.read("masks", slice(0, 400)), masks)
-    fit_datamodels(tmp_path / "store", name="dm", rows=slice(0, 300), refit=True, **FAST)
+    fit_datamodels(tmp_path / "store", name="dm", rows=slice(0, 300), config=fast(refit=True))
     out = export(tmp_path / "store", "dm", "pt", tmp_path / "dm.pt")
     data = torch.load(out, weights_only=True)
     assert set(data) == {"weight", "bias", "lam"} and data["weight"].shape == (30, 5)
@@ -157,8 +162,11 @@ def _bad_fit_calls(path: Path) -> list[tuple[dict, str]]:
 def test_bad_fit_inputs_write_nothing(store_path: Path) -> None:
     before = tree_snapshot(store_path)
     for kwargs, match in _bad_fit_calls(store_path):
-        with pytest.raises(InputError, match=match):
-            fit_datamodels(store_path, name="bad", **kwargs)
+        settings = {k: v for k, v in kwargs.items() if k in SolverConfig.model_fields}
+        rest = {k: v for k, v in kwargs.items() if k not in settings}
+        with pytest.raises(InputError, match=match) as err:
+            fit_datamodels(store_path, name="bad", config=SolverConfig(**settings), **rest)
+        assert set(err.value.params) & set(kwargs), (kwargs, err.value.params)
     assert tree_snapshot(store_path) == before
     assert "bad" not in list_datamodels(SweepStore.open(store_path).group)
 
@@ -171,21 +179,23 @@ def test_nan_margins_and_empty_store_refused(tmp_path: Path) -> None:
     for name, match in (("nan", "NaN"), ("empty", "completed rows")):
         before = tree_snapshot(tmp_path / name)
         with pytest.raises(InputError, match=match):
-            fit_datamodels(tmp_path / name, name="dm", **FAST)
+            fit_datamodels(tmp_path / name, name="dm", config=FAST)
         assert tree_snapshot(tmp_path / name) == before
 
 
 def test_bad_eval_inputs(store_path: Path, tmp_path: Path) -> None:
-    fit_datamodels(store_path, name="evalme", rows=slice(0, 600), **FAST)
+    fit_datamodels(store_path, name="evalme", rows=slice(0, 600), config=FAST)
     before = tree_snapshot(store_path)
     with pytest.raises(InputError, match="available"):
         evaluate_lds(store_path, name="nope")
-    with pytest.raises(InputError, match="used to fit"):
+    with pytest.raises(InputError, match="used to fit") as err:
         evaluate_lds(store_path, name="evalme", rows=slice(500, 700))
+    assert err.value.params == ("rows",)
     masks, margins, _ = planted(100, 25, 9)
     other = build_store(tmp_path / "other", masks, margins, block=50)
-    with pytest.raises(InputError, match="n_train"):
+    with pytest.raises(InputError, match="n_train") as err:
         evaluate_lds(store_path, name="evalme", eval_store=other.path)
+    assert err.value.params == ("eval_store",)
     assert tree_snapshot(store_path) == before
     # a separate eval store of the same dataset works
     masks, margins, _ = planted(1000, 40, 9, noise=0.2)
@@ -241,3 +251,52 @@ def test_memory_plan_puts_the_table_in_a_file_only_as_a_last_resort() -> None:
     assert tight.table_on_disk and not tight.masks_resident and tight.host_bytes < 300 << 20
     with pytest.raises(InputError, match="max_memory"):
         plan_memory(max_memory=rss + (20 << 20), **kw)
+
+
+class _Recorder:
+    """A FitProgress that writes down every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def fit_started(self, *, shards: int, steps: int) -> None:
+        self.calls.append(("fit_started", shards, steps))
+
+    def lambda_step(self, done: int, total: int, alive: int) -> None:
+        self.calls.append(("lambda_step", done, total, alive))
+
+    def shard_finished(self) -> None:
+        self.calls.append(("shard_finished",))
+
+    def fit_finished(self) -> None:
+        self.calls.append(("fit_finished",))
+
+
+def test_fit_progress_is_told_in_order(store_path: Path) -> None:
+    import re
+
+    from regression import FitProgress
+
+    recorder = _Recorder()
+    _: FitProgress = recorder  # a Protocol: any object with these four methods is one
+    fit_datamodels(store_path, name="progress", rows=slice(0, 600), targets=slice(0, 3), config=FAST,
+                   progress=recorder)
+    kinds = [c[0] for c in recorder.calls]
+    assert kinds[0] == "fit_started" and recorder.calls[0][1:] == (1, FAST.n_alphas)
+    assert kinds[-2:] == ["shard_finished", "fit_finished"]
+    steps = [c for c in recorder.calls if c[0] == "lambda_step"]
+    assert steps and [c[1] for c in steps] == list(range(1, len(steps) + 1))
+    assert all(total == FAST.n_alphas and 0 <= alive <= 3 for _, _, total, alive in steps)
+    assert kinds == ["fit_started", *["lambda_step"] * len(steps), "shard_finished", "fit_finished"]
+
+    # Three shards (as Ray tasks if a test before started Ray: those report no λ steps).
+    sharded = _Recorder()
+    fit_datamodels(store_path, name="progress3", rows=slice(0, 600), config=FAST, shards=3, progress=sharded)
+    sequence = " ".join(c[0] for c in sharded.calls)
+    assert re.fullmatch(r"fit_started( lambda_step)*(( lambda_step)* shard_finished){3} fit_finished", sequence)
+    assert sharded.calls[0] == ("fit_started", 3, FAST.n_alphas)
+
+    # Resumed with nothing left to fit: started with no shards, then finished.
+    again = _Recorder()
+    fit_datamodels(store_path, name="progress3", rows=slice(0, 600), config=FAST, shards=3, progress=again)
+    assert again.calls == [("fit_started", 0, FAST.n_alphas), ("fit_finished",)]

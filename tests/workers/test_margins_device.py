@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from workers.device import configure_threads, pick_device
+from storage.errors import InputError
+from workers.device import configure_threads, resolve_device
 from workers.margins import margins_from_logits
 
 
@@ -20,10 +22,27 @@ def test_margins_of_bf16_logits_are_float32() -> None:
 
 
 def test_device_and_threads() -> None:
-    assert pick_device("cpu") == "cpu"
-    assert pick_device() in {"cpu", "cuda"}
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device().type in {"cpu", "cuda"}
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     before = torch.get_num_threads()
     try:
         assert configure_threads(1.7) == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("device", ["nonsense", "tpu", ""])
+def test_resolve_device_refuses_what_torch_cannot_read(device: str) -> None:
+    with pytest.raises(InputError, match="device") as err:
+        resolve_device(device)
+    assert err.value.params == ("device",)
+
+
+def test_resolve_device_refuses_cuda_without_cuda() -> None:
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+        return
+    with pytest.raises(InputError, match="CUDA is not available") as err:
+        resolve_device("cuda:0")
+    assert err.value.params == ("device",)

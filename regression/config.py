@@ -1,0 +1,98 @@
+"""The solver's settings, declared once: names, defaults, constraints and help text.
+
+:class:`SolverConfig` is the single place the SAGA knobs are written out. The array
+API, the store API, the estimator and the shard jobs all take one, and the CLI
+builds its options from :attr:`SolverConfig.model_fields` (the ``description`` of
+a field is its help text, ``json_schema_extra["flag"]`` its flag when that differs
+from the field name).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from storage.errors import InputError
+from storage.validation import UserModel
+
+__all__ = ["SolverConfig", "as_config"]
+
+
+class SolverConfig(UserModel):
+    """Settings of the SAGA LASSO path solver (published ``fast_l1`` defaults where the paper gives them).
+
+    Building one with a bad value raises :class:`~storage.errors.InputError` whose
+    ``params`` name the offending fields. Strings are read as pydantic's lax mode
+    reads them (``lr="5e-3"`` is 0.005, ``lr="auto"`` stays ``"auto"``), so a
+    command line can pass what it parsed; non-finite numbers are refused.
+
+    See :mod:`regression.engine` for what each setting does to the algorithm.
+    """
+
+    # NaN compares false with every bound and inf passes the lower ones: refuse both outright.
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    n_alphas: int = Field(
+        100, ge=1, json_schema_extra={"flag": "--k"},
+        description="Number of lambda steps on the regularisation path (the paper's k).",
+    )
+    eps: float = Field(
+        1e-6, gt=0, lt=1,
+        description="Smallest lambda on the path as a fraction of lambda_max (0 < eps < 1).",
+    )
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        5e-3,
+        description="SAGA step size in standardised units, capped at 1/L; 'auto' takes 1/L itself.",
+    )
+    batch_size: int = Field(
+        2000, ge=1,
+        description="Rows per SAGA minibatch (batches begin at store-block edges).",
+    )
+    tol: float = Field(
+        1e-4, gt=0,
+        description="Relative weight change per epoch below which a target has converged at a lambda.",
+    )
+    max_epochs: int = Field(
+        100, ge=1,
+        description="Epochs per lambda step (and for the refit) at most.",
+    )
+    patience: int = Field(
+        5, ge=1,
+        description="Lambda steps without a validation-MSE improvement before a target stops.",
+    )
+    seed: int = Field(
+        0, ge=0,
+        description="Seed of the minibatch order and of the step-size estimate.",
+    )
+    refit: bool = Field(
+        False,
+        description="Refit each target on train + validation rows at its chosen lambda.",
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a bool for every field but the bool ones."""
+        # Lax mode reads True as 1; a flag where a number belongs is a mistake, not a 1.
+        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("expected a number, not a bool")
+        return value
+
+
+def as_config(config: SolverConfig | None) -> SolverConfig:
+    """``config``, or the defaults when None; what every API taking ``config`` calls first.
+
+    Raises
+    ------
+    InputError
+        ``config`` is neither None nor a :class:`SolverConfig` (``params=("config",)``).
+    """
+    if config is None:
+        return SolverConfig()
+    if not isinstance(config, SolverConfig):
+        raise InputError(
+            f"config must be a SolverConfig (build one with SolverConfig(**settings)); got {type(config).__name__}",
+            params=("config",),
+        )
+    return config

@@ -1,0 +1,336 @@
+"""LASSO regularisation paths for many targets at once: minibatch proximal SAGA in torch.
+
+This is the paper's ``fast_l1`` (Ilyas et al. 2022, arXiv 2202.00622, appendix) as a
+library function. For every target ``t`` (a column of ``Y``) it minimises the
+scikit-learn Lasso objective on standardised masks
+
+    (1 / 2n) ‖y_t − Xs w_t − b_t‖² + λ_t ‖w_t‖₁,      Xs = (X − μ) / σ  (column-wise)
+
+along a decreasing geometric grid of λ per target, all targets as one matrix
+``W [N, T]`` so each minibatch step is two matrix products.
+
+The algorithm
+-------------
+* **Standardisation.** μ and σ are the column mean and (population) std of the fit
+  rows, computed in one streamed pass; zero-variance columns get ``1/σ = 0`` (their
+  weight stays 0). Because the columns of ``Xs`` are centred, the unpenalised
+  intercept is exactly ``b_t = ȳ_t``; the solver works on ``y − ȳ``.
+* **SAGA.** The rows are cut into ``m`` near-equal contiguous batches (store-block
+  aligned). Each batch is a term of the finite sum, and the table of past residuals
+  ``R [n, T]`` stores, per row, the residual ``Xs w − (y − ȳ)`` at the last visit, so
+  each batch's past gradient is ``Xs_bᵀ R_b``. A step on batch ``b`` is::
+
+      r = Xs_b W − Y_b;  g = Xs_bᵀ (r − R_b)
+      W ← prox_{η λ}( W − η (m/n · g + Ḡ) );  Ḡ ← Ḡ + g / n;  R_b ← r
+
+  with ``Ḡ = Xsᵀ R / n`` the table's average gradient and ``prox`` the soft
+  threshold. Each epoch visits every batch once in an order drawn from
+  ``(seed, λ step, epoch)`` only, so a target's trajectory does not depend on which
+  other targets are being solved (sharded fits equal unsharded ones).
+* **Step size (what ``lr`` means).** ``lr`` is the step η on the objective above in
+  standardised coordinates (the gradient of the smooth part is ``Xsᵀ r / n``), the
+  unit of ``fast_l1``'s ``lr``. The step actually used is
+  ``min(lr, 1 / L̂)`` (``lr="auto"``: ``1 / L̂``) where ``L̂ = 1.1 · max_b m · λ_max(Xs_bᵀ Xs_b) / n`` is the
+  largest smoothness constant of a batch term, estimated by power iteration in the
+  same pass that fills the table. ``1/L`` is the step SAG and SAGA are run with in
+  practice; ``1/(3L)`` is the one proximal SAGA is proven to converge with (Defazio
+  et al. 2014). So the path runs at ``1/L̂`` under a guard: every optimum satisfies
+  ``‖w_t‖₁ ≤ ‖y_t − ȳ_t‖² / (2nλ_t)`` (its objective is at most that of w = 0), and
+  an iterate 10× over that bound, or a non-finite one, means divergence; the whole
+  path is then redone at ``min(lr, 1/(3 L̂))``, which always converges. The step
+  used is reported as ``step_size``.
+* **Path and warm starts.** ``λ_max,t = max_j |Xs_jᵀ (y_t − ȳ_t)| / n`` is the smallest
+  λ with ``w_t = 0``; the grid is ``λ_max,t · eps^(k/(K−1))``, k = 0…K−1, and each step
+  starts from the previous step's weights and table.
+* **Convergence and active set.** After each epoch a target whose weights changed by
+  at most ``tol`` relative (``max_j |Δw_j| / max_j |w_j|``) is converged at this λ and
+  leaves the working matrices, so it costs nothing more until the next λ.
+* **Early stopping and λ choice.** After each λ step the validation rows' MSE is
+  computed per target; a target whose validation MSE has not improved for
+  ``patience`` steps stops. The weights at its best step are kept.
+* **Refit.** With ``refit=True``, each target is re-solved at its chosen λ on
+  train + validation rows (new μ, σ, ȳ), warm-started from the chosen weights.
+* **Output** is in the raw indicator space: ``weight = w / σ`` and
+  ``bias = ȳ − μ · weight``, so ``masks @ weight + bias`` predicts the output.
+
+Where it lives
+--------------
+The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
+``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``) are the fields of
+:class:`regression.config.SolverConfig`. This module walks the path
+(:func:`solve_source`: grid, early stopping, refit, the divergence redo);
+:mod:`regression.moments` computes μ, σ, ȳ and ``Xsᵀ(y − ȳ)/n``;
+:mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step;
+:mod:`regression.table` holds ``R``; :mod:`regression.path` is the array API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regression.config import SolverConfig, as_config
+from regression.epochs import (
+    PRACTICAL_STEP_FRACTION,
+    PROVEN_STEP_FRACTION,
+    REFIT_STEP,
+    Diverged,
+    Problem,
+    default_cache_bytes,
+    prepare,
+    run_fixed_lambda,
+)
+from regression.loader import Range, RowSource
+from regression.moments import Moments, compute_moments
+from regression.progress import PathProgress
+from regression.results import LassoPathResult
+from regression.table import ResidualTable
+from storage.errors import InputError
+
+__all__ = ["solve_source"]
+
+
+def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Mean squared error on the validation rows for columns ``cols`` of ``w`` [N, A]."""
+    sq = torch.zeros(cols.numel(), dtype=torch.float64, device=w.device)
+    rows = 0
+    ybar = problem.moments.ybar.index_select(0, cols)
+    for _, xs, targets in problem.batches_of(val):
+        pred = xs @ w + ybar
+        err = pred - targets.index_select(1, cols)
+        sq += (err * err).sum(0, dtype=torch.float64)
+        rows += int(xs.shape[0])
+    return (sq / max(rows, 1)).to(problem.dtype)
+
+
+def _grid(lam_max: torch.Tensor, cfg: SolverConfig, alphas: torch.Tensor | None) -> torch.Tensor:
+    """λ grid [K, T]: geometric from λ_max per target, or the explicit ``alphas``."""
+    if alphas is not None:
+        return alphas if alphas.ndim == 2 else alphas[:, None].expand(-1, lam_max.numel()).clone()
+    k = cfg.n_alphas
+    if k == 1:
+        return lam_max[None, :].clone()
+    ratios = torch.tensor(
+        [cfg.eps ** (i / (k - 1)) for i in range(k)], dtype=lam_max.dtype, device=lam_max.device
+    )
+    return ratios[:, None] * lam_max[None, :]
+
+
+def _check_alphas(alphas: np.ndarray | torch.Tensor | Sequence[float] | None, n_targets: int) -> np.ndarray | None:
+    """``alphas`` as float64 [K] or [K, T] after checking them, or None."""
+    if alphas is None:
+        return None
+    a = np.asarray(alphas.cpu() if isinstance(alphas, torch.Tensor) else alphas, dtype=np.float64)
+    if a.ndim not in (1, 2) or a.shape[0] == 0 or (a.ndim == 2 and a.shape[1] != n_targets):
+        raise InputError(f"alphas must have shape [K] or [K, {n_targets}] with K >= 1; got {a.shape}", params=("alphas",))
+    if not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise InputError("alphas must be finite and > 0", params=("alphas",))
+    if np.any(np.diff(a, axis=0) > 0):
+        raise InputError("alphas must be non-increasing along the path (largest λ first)", params=("alphas",))
+    return a
+
+
+def solve_source(
+    source: RowSource,
+    *,
+    train: Sequence[Range],
+    val: Sequence[Range] = (),
+    config: SolverConfig | None = None,
+    alphas: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+    coef_init: np.ndarray | torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    table_on_device: bool = True,
+    table_file: str | Path | None = None,
+    cache_bytes: int | None = None,
+    progress: PathProgress | None = None,
+) -> LassoPathResult:
+    """Fit the path on ``source`` rows ``train``, early-stopping on rows ``val``.
+
+    The engine behind :func:`regression.path.saga_lasso_path` and
+    :func:`regression.fit.fit_datamodels`.
+
+    Parameters
+    ----------
+    source : RowSource
+        Rows of masks [., N] and targets [., T].
+    train, val : sequence of (int, int)
+        Row ranges (in the source's numbering) forming the SAGA batches and the
+        validation rows. ``val`` empty: no early stopping, the last λ is chosen.
+    config : SolverConfig, optional
+        Solver settings (``SolverConfig()`` when None); with ``config.refit`` and
+        validation rows, each target is re-solved at its chosen λ on train + val.
+    alphas : array-like, shape [K] or [K, T], optional
+        Explicit non-increasing λ grid, replacing ``n_alphas``/``eps``.
+    coef_init : array-like, shape [N, T], optional
+        Raw-space starting weights for the first λ step.
+    dtype : torch.dtype
+        Compute dtype (float32, or float64 for tests).
+    table_on_device : bool
+        Keep the SAGA table on the device; False keeps it in pinned host memory.
+    table_file : path, optional
+        Keep the SAGA table in this file instead (created, and deleted at the end):
+        the last resort when the host cannot hold it.
+    cache_bytes : int, optional
+        Device bytes for keeping standardised batches between epochs (None: half
+        the free GPU memory on CUDA, a quarter of the available host memory on CPU;
+        0 re-reads and re-standardises every batch every epoch).
+    progress : PathProgress, optional
+        ``progress(done, total, alive)`` after every λ step.
+
+    Returns
+    -------
+    LassoPathResult
+
+    Raises
+    ------
+    InputError
+        No training rows, NaN targets, or ``alphas``/``coef_init`` of the wrong
+        shape or with bad values; ``params`` names which.
+    """
+    cfg = as_config(config)
+    start = time.perf_counter()
+    device = source.device
+    n_features, n_targets = source.n_features, source.n_targets
+    if not train:
+        raise InputError("train holds no row ranges; need at least one", params=("train",))
+    grid_in = _check_alphas(alphas, n_targets)
+    batches = list(train)
+    mom = compute_moments(source, batches, dtype)
+    lam_max = mom.c.abs().amax(0)
+    grid = _grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
+
+    weight = torch.zeros((n_features, n_targets), dtype=dtype, device=device)
+    if coef_init is not None:
+        init = torch.as_tensor(np.asarray(coef_init, dtype=np.float64) if not isinstance(coef_init, torch.Tensor) else coef_init)
+        if tuple(init.shape) != (n_features, n_targets):
+            raise InputError(
+                f"coef_init must have shape [{n_features}, {n_targets}]; got {tuple(init.shape)}", params=("coef_init",)
+            )
+        if not bool(torch.isfinite(init).all()):
+            raise InputError("coef_init contains NaN or infinite values", params=("coef_init",))
+        weight = init.to(dtype=dtype, device=device) * mom.sd()[:, None]  # raw → standardised
+
+    for step_fraction in (PRACTICAL_STEP_FRACTION, PROVEN_STEP_FRACTION):
+        table = ResidualTable(source.n_rows, n_targets, device=device, dtype=dtype, on_device=table_on_device,
+                               spill_file=None if table_file is None else Path(table_file))
+        try:
+            result = _solve_path(source, train=train, val=val, cfg=cfg, dtype=dtype, table=table,
+                                 cache_bytes=cache_bytes, progress=progress, mom=mom, grid=grid,
+                                 weight=weight.clone(), start=start, step_fraction=step_fraction)
+            result.extra["step_fraction"] = step_fraction
+            return result
+        except Diverged:
+            continue  # redo the whole path at the proven step
+        finally:
+            table.close()
+    raise AssertionError("unreachable: the proven step never raises Diverged")
+
+
+def _solve_path(
+    source: RowSource, *, train: Sequence[Range], val: Sequence[Range], cfg: SolverConfig,
+    dtype: torch.dtype, table: ResidualTable, cache_bytes: int | None, progress: PathProgress | None,
+    mom: Moments, grid: torch.Tensor, weight: torch.Tensor, start: float, step_fraction: float,
+) -> LassoPathResult:
+    """The path itself, once the moments, the grid and the table are set up (see :func:`solve_source`)."""
+    device = source.device
+    n_targets = source.n_targets
+    batches = list(train)
+    n_steps = grid.shape[0]
+    lam_max = mom.c.abs().amax(0)
+    budget = default_cache_bytes(device) if cache_bytes is None else int(cache_bytes)
+    guard = step_fraction > PROVEN_STEP_FRACTION
+    problem = Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
+                       cache_budget=budget, step_fraction=step_fraction, guard=guard)
+    grad = prepare(problem, weight)
+    path_step, path_lipschitz = problem.step, problem.lipschitz
+
+    has_val = len(val) > 0
+    val_path = torch.full((n_steps, n_targets), float("nan"), dtype=dtype, device=device)
+    best_mse = torch.full((n_targets,), float("inf"), dtype=dtype, device=device)
+    best_k = torch.full((n_targets,), n_steps - 1, dtype=torch.int64, device=device)
+    since_best = torch.zeros(n_targets, dtype=torch.int64, device=device)
+    best_w = weight.clone()
+    epochs = torch.zeros(n_targets, dtype=torch.int64, device=device)
+    unconverged = torch.zeros(n_targets, dtype=torch.int64, device=device)
+    alive = torch.arange(n_targets, device=device)
+
+    for k in range(n_steps):
+        lam_k = grid[k].index_select(0, alive)
+        # At λ ≥ λ_max a zero start is already the exact solution: skip the epochs.
+        is_zero = weight.index_select(1, alive).abs().amax(0) == 0
+        work = ~(is_zero & (lam_k >= lam_max.index_select(0, alive)))
+        cols = alive[work]
+        if cols.numel():
+            ep, conv = run_fixed_lambda(problem, weight, grad, cols, lam_k[work], phase=k)
+            epochs.index_add_(0, cols, ep)
+            unconverged.index_add_(0, cols, (~conv).to(torch.int64))
+        if has_val:
+            w_alive = weight.index_select(1, alive)
+            mse = _val_mse(problem, source, val, w_alive, alive)
+            val_path[k].index_copy_(0, alive, mse)
+            improved = mse < best_mse.index_select(0, alive)
+            better = alive[improved]
+            best_mse.index_copy_(0, better, mse[improved])
+            best_k.index_fill_(0, better, k)
+            since_best.index_fill_(0, better, 0)
+            best_w.index_copy_(1, better, w_alive[:, improved])
+            worse = alive[~improved]
+            since_best.index_add_(0, worse, torch.ones_like(worse))
+            alive = alive[since_best.index_select(0, alive) < cfg.patience]
+        if progress is not None:
+            progress(k + 1, n_steps, int(alive.numel()))
+        if alive.numel() == 0:
+            break
+
+    if not has_val:
+        best_w = weight
+    lam_chosen = grid.gather(0, best_k[None, :])[0]
+    final_mom = mom
+
+    if cfg.refit and has_val:
+        all_batches = sorted(batches + list(val))
+        final_mom = compute_moments(source, all_batches, dtype)
+        # Path std. coords → raw → the refit's std. coords.
+        refit_w = best_w * mom.inv_sd[:, None] * final_mom.sd()[:, None]
+        problem.cache.clear()  # standardised with the path's moments; free it first
+        refit_problem = Problem(source=source, batches=all_batches, moments=final_mom, table=table, dtype=dtype,
+                                 cfg=cfg, cache_budget=budget, step_fraction=step_fraction, guard=guard)
+        refit_problem.n_iter, refit_problem.flops = problem.n_iter, problem.flops
+        refit_grad = prepare(refit_problem, refit_w)
+        everyone = torch.arange(n_targets, device=device)
+        ep, conv = run_fixed_lambda(refit_problem, refit_w, refit_grad, everyone, lam_chosen, phase=REFIT_STEP)
+        epochs += ep
+        unconverged += (~conv).to(torch.int64)
+        best_w = refit_w
+        problem.n_iter, problem.flops = refit_problem.n_iter, refit_problem.flops
+
+    raw = best_w * final_mom.inv_sd[:, None]
+    bias = final_mom.ybar - final_mom.mu @ raw
+    best_val = best_mse if has_val else torch.full_like(best_mse, float("nan"))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return LassoPathResult(
+        weight=raw.to(torch.float32).cpu().numpy(),
+        bias=bias.to(torch.float32).cpu().numpy(),
+        lam=lam_chosen.to(torch.float32).cpu().numpy(),
+        lam_index=best_k.to(torch.int32).cpu().numpy(),
+        val_mse=best_val.to(torch.float32).cpu().numpy(),
+        nnz=(raw != 0).sum(0).to(torch.int32).cpu().numpy(),
+        n_epochs=epochs.to(torch.int32).cpu().numpy(),
+        n_unconverged=unconverged.to(torch.int32).cpu().numpy(),
+        lambdas=grid.to(torch.float32).cpu().numpy(),
+        val_mse_path=val_path.to(torch.float32).cpu().numpy(),
+        n_iter=problem.n_iter,
+        step_size=path_step,
+        lipschitz=path_lipschitz,
+        n_train=mom.n,
+        n_val=sum(b - a for a, b in val),
+        refit=bool(cfg.refit and has_val),
+        wall_time=time.perf_counter() - start,
+        device=str(device),
+        extra={"saga_flops": problem.flops, "n_steps_walked": float(k + 1)},
+    )
