@@ -26,8 +26,10 @@ import numpy as np
 
 from analysis.load import load_datamodels
 from analysis.plots import new_figure, save_figure
+from regression.config import SolverConfig
 from regression.lds import column_correlations
 from regression.loader import rows_index
+from regression.progress import FitProgress
 from regression.rows import from_runs, to_runs
 from storage.datamodels import delete_datamodels, list_datamodels, open_datamodels, read_datamodels, update_attrs
 from storage.errors import InputError
@@ -160,7 +162,7 @@ def lds_curve(
     eval_rows: slice | None = None,
     targets: slice | None = None,
     device: str = "auto",
-    progress: bool = False,
+    progress: FitProgress | None = None,
 ) -> LdsCurveResult:
     """LDS of datamodels fitted on growing prefixes of the original fit's rows.
 
@@ -182,8 +184,8 @@ def lds_curve(
         cheaper curve on fewer targets.
     device : str
         Device of the prefix fits.
-    progress : bool
-        Show the fits' progress.
+    progress : FitProgress, optional
+        Told about each prefix fit's shards and λ steps.
 
     Returns
     -------
@@ -221,9 +223,8 @@ def lds_curve(
     eval_at, held_out = _held_out(dm, eval_store, eval_rows)
     n_val = from_runs(dm.attrs.get("val_rows", [])).size
     val_fraction = n_val / fit_rows.size if fit_rows.size else 0.0
-    config = {k: dm.attrs.get("config", {})[k] for k in
-              ("n_alphas", "eps", "lr", "batch_size", "tol", "max_epochs", "patience", "seed")
-              if k in dm.attrs.get("config", {})}
+    # The datamodels' own settings; "refit" sat beside the config in groups fitted before it moved inside.
+    config = SolverConfig(**{**dm.attrs.get("config", {}), "refit": bool(dm.attrs.get("refit", False))})
     local = slice(columns.start - dm.targets.start, columns.stop - dm.targets.start)
     results: list[LdsPoint] = []
     for m in points:
@@ -233,8 +234,7 @@ def lds_curve(
             fit = fit_datamodels(
                 dm.store.path, name=temp, rows=slice(int(fit_rows[0]), int(fit_rows[m - 1]) + 1),
                 targets=slice(columns.start, columns.stop), device=device, val_fraction=val_fraction,
-                refit=bool(dm.attrs.get("refit", False)), output=dm.output, overwrite=True, progress=progress,
-                **config,
+                config=config, output=dm.output, overwrite=True, progress=progress,
             )
             fitted = read_datamodels(SweepStore.open(dm.store.path).group, temp)
             lds, pearson, spread, n_targets = _evaluate(eval_at, held_out, dm.output, columns, fitted.weight,

@@ -80,10 +80,10 @@ def open_store_for_spec(spec: SweepSpec, *, create: bool = True) -> tuple[SweepS
     its lease.
     """
     path = Path(spec.store)
-    if probe_store(path) is StoreProbe.ABSENT:
+    if probe_store(path) is not StoreProbe.STORE:
         if not create:
             raise InputError(f"no store at {str(path)!r}", params=("store",))
-        return create_store(spec), True
+        return create_store(spec), True  # refuses a path that holds something else
     store = SweepStore.open(path, mode="r+")
     check_store_matches(store, spec)
     return store, False

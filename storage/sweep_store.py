@@ -54,7 +54,8 @@ class BlockWrite:
 class StoreProbe(enum.Enum):
     """What is at a store path."""
 
-    ABSENT = "absent"  # nothing, or an empty directory
+    ABSENT = "absent"  # nothing there
+    EMPTY = "empty"  # an empty directory: a store may be created in it
     STORE = "store"  # a Zarr group with dmsweep metadata (validated when opened)
     OTHER = "other"  # something that is not a dmsweep store
 
@@ -73,7 +74,7 @@ def probe_store(path: str | Path) -> StoreProbe:
         if not path.exists():
             return StoreProbe.ABSENT
         if path.is_dir() and not any(path.iterdir()):
-            return StoreProbe.ABSENT
+            return StoreProbe.EMPTY
         marker = path / "zarr.json"
         if not marker.is_file():
             return StoreProbe.OTHER
@@ -137,7 +138,7 @@ class SweepStore:
         """
         path = Path(path)
         probe = probe_store(path)
-        if probe is not StoreProbe.ABSENT:
+        if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY):
             what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
             raise StoreMismatchError(f"store path {str(path)!r} already exists and holds {what}")
         num_models, block = metadata.num_models, metadata.block
@@ -190,7 +191,7 @@ class SweepStore:
         probe = probe_store(path)
         if probe is StoreProbe.ABSENT:
             raise InputError(f"no store at {str(path)!r}", params=("store",))
-        if probe is StoreProbe.OTHER:
+        if probe is not StoreProbe.STORE:
             raise StoreMismatchError(f"{str(path)!r} is not a dmsweep store", params=("store",))
         group = zarr.open_group(str(path), mode=mode)
         return cls(group, path, mode, parse_metadata(group.attrs, where=str(path)))

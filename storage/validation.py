@@ -62,3 +62,8 @@ class UserModel(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise InputError(format_validation_error(exc), params=validation_params(exc)) from None
+
+    # Marks this __init__ as pydantic's own, so a UserModel nested in another is
+    # validated by pydantic directly (its errors keep their place, "outputs.train_margins")
+    # rather than through this constructor.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]

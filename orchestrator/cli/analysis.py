@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import JsonFlag, emit, parse_range, run_command, say
+from orchestrator.cli.common import JsonFlag, guarded, emit, parse_range, say
 from orchestrator.cli.selection import parse_indices, parse_selection
 from storage.errors import InputError
 
@@ -56,16 +56,13 @@ def counterfactual(
     from analysis.counterfactual import predict_counterfactual
     from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
 
-    def call():  # type: ignore[no-untyped-def]
-        check_out_dir(out)
-        shape = datamodels_shape(store, name=name)
-        removed = parse_selection(remove, remove_file, size=shape.n_train, param="remove")
-        kept = parse_selection(subset, subset_file, size=shape.n_train, param="subset")
-        chosen = None if targets is None else _targets(targets, shape)
-        result = predict_counterfactual(store, name=shape.name, targets=chosen, removed=removed, subset=kept)
-        return result, result.write(prepare_out_dir(out, store, "counterfactual"))
-
-    result, files = run_command(call)
+    check_out_dir(out)
+    shape = datamodels_shape(store, name=name)
+    removed = parse_selection(remove, remove_file, size=shape.n_train, param="remove")
+    kept = parse_selection(subset, subset_file, size=shape.n_train, param="subset")
+    chosen = None if targets is None else _targets(targets, shape)
+    result = predict_counterfactual(store, name=shape.name, targets=chosen, removed=removed, subset=kept)
+    result, files = result, result.write(prepare_out_dir(out, store, "counterfactual"))
 
     def human() -> None:
         what = (f"without {len(result.removed)} training examples" if result.mode == "removed"
@@ -98,15 +95,12 @@ def _analyse_examples(
     from analysis.load import check_out_dir, datamodels_shape, prepare_out_dir
     from storage.sweep_store import SweepStore
 
-    def call() -> tuple[Any, list[Path]]:
-        check_out_dir(out)
-        shape = datamodels_shape(store, name=name)
-        chosen = _targets(targets, shape)
-        examples = load_examples(SweepStore.open(store))
-        result, write = analyse(shape.name, chosen, examples)
-        return result, write(prepare_out_dir(out, store, kind))
-
-    return run_command(call)
+    check_out_dir(out)
+    shape = datamodels_shape(store, name=name)
+    chosen = _targets(targets, shape)
+    examples = load_examples(SweepStore.open(store))
+    result, write = analyse(shape.name, chosen, examples)
+    return result, write(prepare_out_dir(out, store, kind))
 
 
 def brittleness(
@@ -128,23 +122,20 @@ def brittleness(
     from analysis.verify import plan_verification, verify_brittleness
     from orchestrator.retrain import SweepRetrainer
 
-    def call():  # type: ignore[no-untyped-def]
-        check_out_dir(out)
-        shape = datamodels_shape(store, name=name)
-        chosen = _targets(targets, shape)
-        result = predict(store, name=shape.name, targets=chosen, max_k=max_k)
-        if verify:
-            # Both refuse bad input before the output folder or the retraining store exist.
-            where = Path(out) if out is not None else default_out_dir(store, "brittleness")
-            retrain = SweepRetrainer(store, out_dir=where, seed=seed, address=address)
-            plan_verification(result, seeds=seeds, max_targets=verify_targets)
-        directory = prepare_out_dir(out, store, "brittleness")
-        if verify:
-            outcome = verify_brittleness(result, retrain=retrain, seeds=seeds, max_targets=verify_targets)
-            result.verification = outcome.to_dict()
-        return result, result.write(directory)
-
-    result, files = run_command(call)
+    check_out_dir(out)
+    shape = datamodels_shape(store, name=name)
+    chosen = _targets(targets, shape)
+    result = predict(store, name=shape.name, targets=chosen, max_k=max_k)
+    if verify:
+        # Both refuse bad input before the output folder or the retraining store exist.
+        where = Path(out) if out is not None else default_out_dir(store, "brittleness")
+        retrain = SweepRetrainer(store, out_dir=where, seed=seed, address=address)
+        plan_verification(result, seeds=seeds, max_targets=verify_targets)
+    directory = prepare_out_dir(out, store, "brittleness")
+    if verify:
+        outcome = verify_brittleness(result, retrain=retrain, seeds=seeds, max_targets=verify_targets)
+        result.verification = outcome.to_dict()
+    result, files = result, result.write(directory)
 
     def human() -> None:
         n = len(result.targets)
@@ -274,25 +265,23 @@ def lds_curve_command(
     """LDS against the number of training models (refits on growing prefixes of the rows)."""
     from analysis.lds_curve import lds_curve
     from analysis.load import check_out_dir, prepare_out_dir
+    from orchestrator.cli.fit_progress import RichFitProgress
 
-    def call():  # type: ignore[no-untyped-def]
-        check_out_dir(out)
-        sizes = None
-        if points is not None:
-            try:
-                sizes = [int(p) for p in points.split(",") if p.strip()]
-            except ValueError:
-                raise InputError(f"points must be model counts like 128,256,512; got {points!r}",
-                                 params=("points",)) from None
-            if not sizes:
-                raise InputError("points is empty", params=("points",))
-        result = lds_curve(store, name=name, points=sizes, eval_store=eval_store,
-                           eval_rows=parse_range(eval_rows, param="eval_rows"),
-                           targets=parse_range(targets, param="targets"), device=device,
-                           progress=progress and not as_json)
-        return result, result.write(prepare_out_dir(out, store, "lds-curve"))
-
-    result, files = run_command(call)
+    check_out_dir(out)
+    sizes = None
+    if points is not None:
+        try:
+            sizes = [int(p) for p in points.split(",") if p.strip()]
+        except ValueError:
+            raise InputError(f"points must be model counts like 128,256,512; got {points!r}",
+                             params=("points",)) from None
+        if not sizes:
+            raise InputError("points is empty", params=("points",))
+    result = lds_curve(store, name=name, points=sizes, eval_store=eval_store,
+                       eval_rows=parse_range(eval_rows, param="eval_rows"),
+                       targets=parse_range(targets, param="targets"), device=device,
+                       progress=RichFitProgress() if progress and not as_json else None)
+    result, files = result, result.write(prepare_out_dir(out, store, "lds-curve"))
 
     def human() -> None:
         n_eval = sum(b - a for a, b in result.eval_rows)
@@ -314,8 +303,8 @@ def report(
     from analysis.report import build_report
     from storage.status import store_status
 
-    result = run_command(lambda: build_report(store, name=name, out=out, status=store_status(store),
-                                              lds_curve_mode=lds_curve))  # type: ignore[arg-type]
+    result = build_report(store, name=name, out=out, status=store_status(store),
+                          lds_curve_mode=lds_curve)  # type: ignore[arg-type]
     emit(result.to_dict(), as_json, lambda: say(
         f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.images} figures; sections: "
         f"{', '.join(result.sections)})" + "".join(f"\n  note: {n}" for n in result.notes)))
@@ -328,8 +317,8 @@ def register(app: typer.Typer) -> None:
         help="Applications of fitted datamodels: counterfactual, brittleness, neighbors, leakage, embed, lds-curve.",
         no_args_is_help=True,
     )
-    for command in (counterfactual, brittleness, neighbors, leakage, embed):
-        analyze_app.command()(command)
-    analyze_app.command(name="lds-curve")(lds_curve_command)
+    for kind in (counterfactual, brittleness, neighbors, leakage, embed):
+        analyze_app.command()(guarded(kind))
+    analyze_app.command(name="lds-curve")(guarded(lds_curve_command))
     app.add_typer(analyze_app, name="analyze")
-    app.command()(report)
+    app.command()(guarded(report))

@@ -5,10 +5,11 @@ The command modules (:mod:`orchestrator.cli.sweep`, :mod:`~orchestrator.cli.regr
 :mod:`orchestrator.cli` imports them and registers their commands on the app, so
 the imports form no circle.
 
-A command is parse, call, print: :func:`run_command` runs the library call and
-turns a dmsweep error into one stderr line and its exit code, saying the
-library's parameter names (``rows``, ``n_alphas``) as this command's flags
-(``--rows``, ``--k``).
+A command is parse, call, print. Each is registered through :func:`guarded`,
+its error boundary: a dmsweep error raised anywhere in it becomes one stderr
+line and its exit code, with the library's parameter names (``rows``,
+``n_alphas``) said as this command's own flags (``--rows``, ``--k``), read from
+the command's signature.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-import click
 import typer
+from typer.models import OptionInfo
 from pydantic import BaseModel
 from rich.console import Console
 
@@ -33,12 +34,10 @@ __all__ = [
     "err",
     "say",
     "JsonFlag",
-    "run_command",
+    "guarded",
     "emit",
-    "fail",
     "parse_range",
     "parse_bytes",
-    "flag_names",
     "with_model_options",
 ]
 
@@ -56,26 +55,26 @@ def say(text: str) -> None:
     out.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
-def flag_names() -> dict[str, str]:
-    """This command's parameters as the user types them: ``{"val_fraction": "--val-fraction", "store": "STORE"}``."""
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return {}
-    names: dict[str, str] = {}
-    for param in context.command.params:
-        if param.name is None:
+def _flags(fn: Callable[..., Any]) -> dict[str, str]:
+    """A command's options as the user types them: ``{"val_fraction": "--val-fraction", "n_alphas": "--k"}``.
+
+    Positional arguments keep their names (an error about ``store`` reads the
+    same either way).
+    """
+    flags: dict[str, str] = {}
+    for name, hint in get_type_hints(fn, include_extras=True).items():
+        infos = [a for a in getattr(hint, "__metadata__", ()) if isinstance(a, OptionInfo)]
+        if not infos:
             continue
-        if isinstance(param, click.Option):
-            names[param.name] = max(param.opts, key=len)
-        else:
-            names[param.name] = param.human_readable_name
-    return names
+        info = infos[0]
+        decls = [d.split("/")[0] for d in (info.param_decls or ()) if d.startswith("--")]
+        flags[name] = max(decls, key=len) if decls else "--" + name.replace("_", "-")
+    return flags
 
 
-def _as_flags(exc: InputError) -> str:
-    """The error's message with each parameter it names said as this command's flag."""
+def _as_flags(exc: InputError, flags: Mapping[str, str]) -> str:
+    """The error's message with each parameter it names said as the command's flag."""
     message = str(exc)
-    flags = flag_names()
     for param in exc.params:
         flag = flags.get(param)
         if flag is not None and flag != param:
@@ -83,30 +82,54 @@ def _as_flags(exc: InputError) -> str:
     return message
 
 
-def fail(exc: DmsweepError) -> typer.Exit:
-    """Print a dmsweep error as one line on stderr; the Exit to raise, with its exit code."""
-    message = _as_flags(exc) if isinstance(exc, InputError) else str(exc)
-    err.print(f"dmsweep: error: {message}", highlight=False, markup=False, soft_wrap=True)
-    return typer.Exit(exc.exit_code)
+def _say_error(text: str) -> None:
+    err.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
-def run_command(fn: Callable[[], T]) -> T:
-    """Run a library call; turn dmsweep errors into one stderr line and their exit code.
+def guarded(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` behind the CLI's error boundary, ready for ``app.command()``.
 
-    ``DMSWEEP_DEBUG=1`` lets unexpected exceptions through with their traceback.
+    A :class:`DmsweepError` prints ``dmsweep: error: ...`` (one line) and exits
+    with its ``exit_code`` (2 for bad input); any other exception prints one
+    ``dmsweep: failed: ...`` line and exits 1 (``DMSWEEP_DEBUG=1`` lets it
+    through with its traceback); Ctrl-C exits 130.
     """
-    try:
-        return fn()
-    except DmsweepError as exc:
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        err.print("dmsweep: interrupted", highlight=False)
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        if os.environ.get("DMSWEEP_DEBUG"):
+    flags = _flags(fn)
+
+    def boundary(**kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except (typer.Exit, typer.Abort):
             raise
-        err.print(f"dmsweep: failed: {type(exc).__name__}: {exc}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        except DmsweepError as exc:
+            message = _as_flags(exc, flags) if isinstance(exc, InputError) else str(exc)
+            _say_error(f"dmsweep: error: {message}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _say_error("dmsweep: interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("DMSWEEP_DEBUG"):
+                raise
+            _say_error(f"dmsweep: failed: {type(exc).__name__}: {exc}")
+            raise typer.Exit(1) from None
+
+    return _same_signature(boundary, fn)
+
+
+def _same_signature(wrapper: Callable[..., T], fn: Callable[..., Any], params: list[inspect.Parameter] | None = None
+                    ) -> Callable[..., T]:
+    """Give ``wrapper`` the name, help and (resolved) signature typer reads from ``fn``."""
+    if params is None:
+        hints = get_type_hints(fn, include_extras=True)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(fn).parameters.values()]
+    wrapper.__name__ = fn.__name__
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__module__ = fn.__module__
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
 
 
 def emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
@@ -168,7 +191,8 @@ def with_model_options(
     The options' names, defaults and help come from the model's fields (a field's
     ``json_schema_extra={"flag": "--k"}`` renames its flag), so a setting is
     declared once, in the model, and the CLI cannot drift from the library.
-    A bad value fails like any other input error: one line, exit 2.
+    A bad value fails like any other input error (one line, exit 2) once the
+    command is behind :func:`guarded`.
     """
 
     def decorate(fn: Callable[..., T]) -> Callable[..., T]:
@@ -190,19 +214,11 @@ def with_model_options(
         last = [p for p in own if p.name == "as_json"]
         params = [p for p in own if p.name != "as_json"] + generated + last
 
-        def command(**kwargs: Any) -> T:
+        def with_settings(**kwargs: Any) -> T:
             values = {name: kwargs.pop(name) for name in names}
-            try:
-                kwargs[into] = model(**values)
-            except DmsweepError as exc:
-                raise fail(exc) from None
+            kwargs[into] = model(**values)  # an InputError here reaches the command's error boundary
             return fn(**kwargs)
 
-        command.__name__ = fn.__name__
-        command.__doc__ = fn.__doc__
-        command.__module__ = fn.__module__
-        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command
+        return _same_signature(with_settings, fn, params)
 
     return decorate

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import JsonFlag, emit, parse_bytes, parse_range, run_command, say, with_model_options
+from orchestrator.cli.common import JsonFlag, guarded, emit, parse_bytes, parse_range, say, with_model_options
 from regression.config import SolverConfig
-from storage.errors import InputError
 
 __all__ = ["register"]
 
@@ -36,20 +35,15 @@ def fit(
     from orchestrator.ray_runtime import connect_if_asked
     from regression.fit import fit_datamodels
 
-    def call():  # type: ignore[no-untyped-def]
-        if output not in ("margins/test", "margins/train"):
-            raise InputError(f"output must be margins/test or margins/train; got {output!r}", params=("output",))
-        row_range = parse_range(rows, param="rows")
-        target_range = parse_range(targets, param="targets")
-        memory = parse_bytes(max_memory, param="max_memory")
-        connect_if_asked(address)
-        return fit_datamodels(
-            store, name=name, config=config, rows=row_range, targets=target_range, shards=shards, device=device,
-            val_fraction=val_fraction, output=output, max_memory=memory,  # type: ignore[arg-type]
-            overwrite=overwrite, progress=RichFitProgress() if progress and not as_json else None,
-        )
-
-    result = run_command(call)
+    row_range = parse_range(rows, param="rows")
+    target_range = parse_range(targets, param="targets")
+    memory = parse_bytes(max_memory, param="max_memory")
+    connect_if_asked(address)
+    result = fit_datamodels(
+        store, name=name, config=config, rows=row_range, targets=target_range, shards=shards, device=device,
+        val_fraction=val_fraction, output=output, max_memory=memory,  # type: ignore[arg-type]
+        overwrite=overwrite, progress=RichFitProgress() if progress and not as_json else None,
+    )
     emit(result.to_dict(), as_json, lambda: say(
         f"datamodels {result.name!r}: {result.targets[1] - result.targets[0]} targets fitted on "
         f"{result.n_train_rows} models (+{result.n_val_rows} for validation) in {result.wall_time:.1f}s on {result.device}; "
@@ -67,8 +61,7 @@ def evaluate(
     """LDS: mean over targets of the Spearman correlation between predicted and actual outputs on held-out models."""
     from regression.lds import evaluate_lds
 
-    result = run_command(lambda: evaluate_lds(store, name=name, eval_store=eval_store,
-                                              rows=parse_range(rows, param="rows")))
+    result = evaluate_lds(store, name=name, eval_store=eval_store, rows=parse_range(rows, param="rows"))
     emit(result.to_dict(), as_json, lambda: say(
         f"LDS {result.lds:.3f} (Spearman, mean over {result.n_targets} targets; ±{result.spearman_std:.3f} across targets), "
         f"Pearson {result.pearson:.3f}, on {result.n_models} held-out models"))
@@ -86,8 +79,8 @@ def import_npy(
     """Create a store from published .npy masks and margins (memory-mapped, row block by row block)."""
     from storage.published import import_npy as import_files
 
-    result = run_command(lambda: import_files(masks, margins, store, block=block, dataset_name=dataset_name,
-                                              progress=progress and not as_json))
+    result = import_files(masks, margins, store, block=block, dataset_name=dataset_name,
+                          progress=progress and not as_json)
     emit(result.to_dict(), as_json, lambda: say(
         f"imported {result.num_models} models ({result.n_train} train / {result.n_test} test) into {result.store} "
         f"in {result.seconds:.1f}s"))
@@ -104,13 +97,13 @@ def export(
     """Write datamodels in the published format: {weight [N_train, T], bias [T], lam [T]}."""
     from storage.published import export as export_datamodels
 
-    written = run_command(lambda: export_datamodels(store, name, fmt, out, overwrite=overwrite))  # type: ignore[arg-type]
+    written = export_datamodels(store, name, fmt, out, overwrite=overwrite)  # type: ignore[arg-type]
     emit({"out": str(written), "format": fmt, "name": name}, as_json, lambda: say(f"wrote {written}"))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
-    app.command()(fit)
-    app.command(name="eval")(evaluate)
-    app.command(name="import-npy")(import_npy)
-    app.command(name="export")(export)
+    app.command()(guarded(fit))
+    app.command(name="eval")(guarded(evaluate))
+    app.command(name="import-npy")(guarded(import_npy))
+    app.command(name="export")(guarded(export))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import JsonFlag, emit, err, run_command, say
+from orchestrator.cli.common import JsonFlag, guarded, emit, err, say
 from storage.status import StoreStatus
 
 __all__ = ["register"]
@@ -30,7 +30,7 @@ def init(spec: SpecArg, as_json: JsonFlag = False) -> None:
     """Create the store from the spec (a no-op if it exists and matches)."""
     from orchestrator.api import init_sweep, load_spec
 
-    store = run_command(lambda: init_sweep(load_spec(spec)))
+    store = init_sweep(load_spec(spec))
     data = {"store": str(store.path), "num_models": store.num_models, "block": store.block,
             "num_blocks": store.num_blocks, "dataset": store.dataset.model_dump(), "outputs": list(store.outputs)}
     emit(data, as_json, lambda: say(
@@ -57,10 +57,8 @@ def run(
     from orchestrator.api import load_spec, run_sweep
     from orchestrator.run_options import DriverOptions
 
-    result = run_command(
-        lambda: run_sweep(load_spec(spec), address=address, progress=progress and not as_json, lease_ttl_s=lease_ttl,
-                          options=DriverOptions(workers=workers))
-    )
+    result = run_sweep(load_spec(spec), address=address, progress=progress and not as_json, lease_ttl_s=lease_ttl,
+                       options=DriverOptions(workers=workers))
     emit(result.to_dict(), as_json, lambda: say(
         f"{result.completed_blocks}/{result.num_blocks} blocks complete "
         f"({result.newly_completed_blocks} this run, {result.models_per_second:.1f} models/s, "
@@ -96,7 +94,7 @@ def status(
 
     pause = threading.Event()  # never set: its wait is an interruptible pause between refreshes
     while True:
-        result = run_command(lambda: store_status(store))
+        result = store_status(store)
         emit(result.to_dict(), as_json, lambda: _print_status(result))
         if watch is None or result.completed_blocks == result.num_blocks:
             return
@@ -114,7 +112,7 @@ def extend(
     """Grow a sweep; the next `dmsweep run` fills the new blocks."""
     from orchestrator.api import extend_sweep
 
-    grown = run_command(lambda: extend_sweep(store, num_models=num_models))
+    grown = extend_sweep(store, num_models=num_models)
     data = {"store": str(grown.path), "num_models": grown.num_models, "num_blocks": grown.num_blocks}
     emit(data, as_json, lambda: say(f"{grown.path}: now {grown.num_models} models ({grown.num_blocks} blocks)"))
 
@@ -127,7 +125,7 @@ def verify(
     """Check every completed block's chunks against their checksums."""
     from orchestrator.api import verify_sweep
 
-    report = run_command(lambda: verify_sweep(store, repair=repair))
+    report = verify_sweep(store, repair=repair)
     data = {"checked_blocks": report.checked_blocks, "ok": report.ok, "repaired": report.repaired,
             "problems": [{"block": p.block_id, "reason": p.reason} for p in report.problems]}
 
@@ -156,7 +154,7 @@ def submit(
     from orchestrator.submit import default_working_dir, follow_job, submit_command
 
     ship_dir = (working_dir or default_working_dir()) if ship else None
-    job = run_command(lambda: submit_command(address, command or [], working_dir=ship_dir, submission_id=submission_id))
+    job = submit_command(address, command or [], working_dir=ship_dir, submission_id=submission_id)
     data: dict[str, Any] = {"job_id": job.job_id, "address": job.address, "entrypoint": job.entrypoint,
                             "working_dir": job.working_dir}
     if not as_json:
@@ -164,7 +162,7 @@ def submit(
         sys.stdout.flush()
     exit_code = 0
     if follow:
-        outcome = run_command(lambda: follow_job(address, job.job_id, write=err.file.write))
+        outcome = follow_job(address, job.job_id, write=err.file.write)
         data.update(status=outcome.status, exit_code=outcome.exit_code, message=outcome.message)
         exit_code = outcome.exit_code
     emit(data, as_json, lambda: err.print(
@@ -175,10 +173,10 @@ def submit(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
-    app.command()(schema)
-    app.command()(init)
-    app.command()(run)
-    app.command()(status)
-    app.command()(extend)
-    app.command()(verify)
-    app.command(context_settings={"allow_interspersed_args": False})(submit)
+    app.command()(guarded(schema))
+    app.command()(guarded(init))
+    app.command()(guarded(run))
+    app.command()(guarded(status))
+    app.command()(guarded(extend))
+    app.command()(guarded(verify))
+    app.command(context_settings={"allow_interspersed_args": False})(guarded(submit))

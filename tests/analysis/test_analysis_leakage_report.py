@@ -13,11 +13,12 @@ from analysis_helpers import invoke
 
 from orchestrator.api import run_sweep
 from orchestrator.spec import parse_spec
+from regression.config import SolverConfig
 from regression.fit import fit_datamodels
 from workers.recipes.digits_mlp import digits_split
 
 N_TRAIN, N_TEST, N_LEAK = 200, 60, 5
-FAST = dict(n_alphas=25, eps=1e-3, lr="auto", batch_size=200)
+FAST = SolverConfig(n_alphas=25, eps=1e-3, lr="auto", batch_size=200)
 
 
 def atypical_test_examples(n: int) -> list[int]:
@@ -48,7 +49,7 @@ def leaky(ray_session, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
         "alpha": 0.5, "num_models": 512, "block": 64,
     })
     assert run_sweep(spec, progress=False).done
-    fit_datamodels(path, name="leaky", rows=slice(0, 448), **FAST)  # rows 448..511 are held out
+    fit_datamodels(path, name="leaky", rows=slice(0, 448), config=FAST)  # rows 448..511 are held out
     return path, [(N_TRAIN + i, t) for i, t in enumerate(leak)]
 
 

@@ -12,10 +12,11 @@ from analysis_helpers import invoke, planted_store, write_truth
 
 from analysis.brittleness import brittleness, flip_curve
 from analysis.counterfactual import predict_counterfactual
+from regression.config import SolverConfig
 from regression.fit import fit_datamodels
 
 NOISE = 0.1
-FAST = dict(n_alphas=30, eps=1e-4, lr="auto", batch_size=128, tol=1e-4, max_epochs=100)
+FAST = SolverConfig(n_alphas=30, eps=1e-4, lr="auto", batch_size=128, tol=1e-4, max_epochs=100)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray,
     path = tmp_path_factory.mktemp("planted") / "planted.zarr"
     _, beta, bias = planted_store(path, noise=NOISE)
     # Rows 512..639 stay out of the fit: they measure the error bar.
-    fit_datamodels(path, name="fitted", rows=slice(0, 512), **FAST)
+    fit_datamodels(path, name="fitted", rows=slice(0, 512), config=FAST)
     write_truth(path, "truth", beta, bias, rows=512)
     return path, beta, bias
 

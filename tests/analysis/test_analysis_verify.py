@@ -11,6 +11,7 @@ from analysis_helpers import invoke
 
 from orchestrator.api import run_sweep
 from orchestrator.spec import parse_spec
+from regression.config import SolverConfig
 from regression.fit import fit_datamodels
 from storage.sweep_store import SweepStore
 
@@ -22,7 +23,7 @@ def mnist1d(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("verify") / "small.zarr"
     spec = parse_spec({"store": str(path), "recipe": RECIPE, "alpha": 0.5, "num_models": 256, "block": 64})
     assert run_sweep(spec, progress=False).done
-    fit_datamodels(path, name="small", n_alphas=20, eps=1e-3, lr="auto", batch_size=128)
+    fit_datamodels(path, name="small", config=SolverConfig(n_alphas=20, eps=1e-3, lr="auto", batch_size=128))
     return path
 
 
