@@ -12,11 +12,14 @@ append, no lock), the same way on a disk and on S3:
   change. A record holds the whole new row of each block it changes, so
   applying records in ``seq`` order gives the ledger.
 * **The journal is compacted into Zarr arrays** ``ledger/<field>`` (dimension
-  ``block``) every :data:`COMPACT_EVERY` records and when a run ends: whole
-  chunks of the changed blocks are written, then the group's attributes
-  (``through_seq``, ``generation``) are replaced with a conditional PUT on the
-  version the writer last saw (If-Match, so two compacting writers cannot both
-  succeed), then the compacted records are deleted.
+  ``block``) every :data:`COMPACT_EVERY` records and when a run ends. The
+  writer reads the chunks with their versions, applies the records, and
+  replaces each changed chunk whole with a conditional PUT on the version it
+  read (zarr encodes the bytes, in memory); then the group's attributes
+  (``through_seq``, ``generation``) the same way; then it deletes the
+  compacted records. A write that finds another version (a second writer
+  compacted meanwhile) starts the compaction over from what is there now, so
+  no compaction can overwrite another's newer chunk.
 * **A reader** reads the attributes, the arrays, the records after
   ``through_seq``, and the attributes again; if a compaction ended in between
   (another generation) it reads again. A block is complete once the record
@@ -96,35 +99,73 @@ def _record_seq(key: str) -> int | None:
     return int(stem) if stem.isdigit() else None
 
 
+@dataclass
+class _Field:
+    """One ledger array mirrored in memory: its chunks' bytes as read, their versions, and zarr's codecs."""
+
+    path: str
+    array: zarr.Array
+    chunks: dict[str, Any]  # the memory store's dict: zarr.json and chunk key -> Buffer
+    versions: dict[str, str | None]  # chunk key -> ETag as read (None: the chunk was absent)
+
+
+def _buffer(data: bytes) -> Any:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype().buffer.from_bytes(data)
+
+
+def _read_field(root: Objects, path: str) -> _Field:
+    """Fetch a ledger array's metadata and every chunk, with versions, into a memory store."""
+    from zarr.storage import MemoryStore
+
+    meta = root.get(f"{path}/zarr.json")
+    if meta is None:
+        raise StoreError(f"the ledger array {path} is missing from {root.where}")
+    chunks: dict[str, Any] = {"zarr.json": _buffer(meta.data)}
+    array = zarr.open_array(MemoryStore(chunks), mode="r+").with_config(ARRAY_CONFIG)
+    size, chunk = int(array.shape[0]), int(array.chunks[0])
+    keys = [array.metadata.encode_chunk_key((i,)) for i in range(-(-size // chunk))]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        blobs = list(pool.map(lambda key: root.get(f"{path}/{key}"), keys))
+    versions: dict[str, str | None] = {}
+    for key, blob in zip(keys, blobs):
+        versions[key] = None if blob is None else blob.etag
+        if blob is not None:
+            chunks[key] = _buffer(blob.data)
+    return _Field(path=path, array=array, chunks=chunks, versions=versions)
+
+
 class Ledger:
-    """The ledger of one store: the ``ledger/`` group plus the journal in the state area.
+    """The ledger of one store: the ``ledger/`` arrays plus the journal in the state area.
 
     Parameters
     ----------
     group : zarr.Group
-        The store's ``ledger`` group.
+        The store's ``ledger`` group (resized through zarr by ``extend``).
     root : Objects
-        The hierarchy's objects by key (the group's ``zarr.json`` is replaced through it).
+        The hierarchy's objects by key: the arrays' chunks and the group's
+        ``zarr.json`` are read and replaced through it, conditionally.
     state : Objects
         The store's state area (the journal).
-    path : str
-        The group's key in the hierarchy (``ledger``).
 
     The table is read once per handle and then kept up to date by this
     handle's own writes; :meth:`refresh` reads it again.
     """
 
-    def __init__(self, group: zarr.Group, *, root: Objects, state: Objects, path: str = "ledger") -> None:
+    def __init__(self, group: zarr.Group, *, root: Objects, state: Objects) -> None:
         self._group = group
         self._root = root
         self._state = state
-        self._meta_key = f"{path}/zarr.json"
+        self._path = group.path
+        self._meta_key = f"{self._path}/zarr.json"
         self._table: dict[str, np.ndarray] | None = None
+        self._fields: dict[str, _Field] = {}
         self._through = 0  # the last seq the arrays include
         self._next_seq = 1
         self._uncompacted: list[str] = []  # journal keys after ``_through``
-        self._dirty: set[int] = set()  # blocks changed since the last compaction
-        self._meta_etag: str | None = None  # the group metadata's version this handle last saw
+        self._journal_blocks: set[int] = set()  # blocks those records change
+        self._meta_etag: str | None = None  # the group metadata's version as read
 
     @classmethod
     def create(cls, parent: zarr.Group, num_blocks: int, *, root: Objects, state: Objects) -> Ledger:
@@ -144,7 +185,7 @@ class Ledger:
     def _attrs(self) -> tuple[dict[str, int], str]:
         blob = self._root.get(self._meta_key)
         if blob is None:
-            raise StoreError(f"the ledger's metadata ({self._meta_key}) is missing from the store")
+            raise StoreError(f"the ledger's metadata ({self._meta_key}) is missing from {self._root.where}")
         meta = json.loads(blob.data).get("attributes", {}).get(_ATTRS, {"through_seq": 0, "generation": 0})
         return {"through_seq": int(meta["through_seq"]), "generation": int(meta["generation"])}, blob.etag
 
@@ -167,34 +208,32 @@ class Ledger:
         with ThreadPoolExecutor(max_workers=16) as pool:
             return list(pool.map(one, keys))
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        group = zarr.open_group(self._group.store, path=self._group.path, mode="r")
-        table = {name: np.asarray(group[name][:]) for name in _NUMERIC_FIELDS}  # type: ignore[index]
-        for name in _TEXT_FIELDS:
-            table[name] = np.asarray(group[name][:]).astype(object)  # type: ignore[index]
-        return table
-
     def _load(self) -> dict[str, np.ndarray]:
         """Arrays plus journal, consistent: read again while a compaction ends in between."""
         for _ in range(_READ_TRIES):
-            before, etag = self._attrs()
-            table = self._arrays()
+            before, _ = self._attrs()
+            fields = {name: _read_field(self._root, f"{self._path}/{name}") for name in _FIELDS}
             journal = self._journal(before["through_seq"])
             try:
                 records = self._fetch([key for _, key in journal])
             except KeyError:
                 continue
-            after, etag_after = self._attrs()
+            after, etag = self._attrs()
             if after["generation"] != before["generation"]:
                 continue
+            table = {name: np.asarray(field.array[:]) for name, field in fields.items()}
+            for name in _TEXT_FIELDS:
+                table[name] = table[name].astype(object)
             for record in records:
                 _apply(table, record)
+            self._fields = fields
             self._through = before["through_seq"]
             self._uncompacted = [key for _, key in journal]
+            self._journal_blocks = {int(e["block"]) for record in records for e in record["entries"]}
             self._next_seq = max([before["through_seq"], *(seq for seq, _ in journal)]) + 1
-            self._meta_etag = etag_after
+            self._meta_etag = etag
             return table
-        raise StoreError(f"the ledger of {self._state.where} kept changing while being read; try again")
+        raise StoreError(f"the ledger of {self._root.where} kept changing while being read; try again")
 
     def _rows(self) -> dict[str, np.ndarray]:
         if self._table is None:
@@ -236,7 +275,7 @@ class Ledger:
     # -- writing -------------------------------------------------------------------
     def _entry(self, block_id: int, **changes: Any) -> dict[str, Any]:
         table = self._rows()
-        entry = {"block": int(block_id)}
+        entry: dict[str, Any] = {"block": int(block_id)}
         for name in _FIELDS:
             value = changes[name] if name in changes else table[name][block_id]
             entry[name] = str(value) if name in _TEXT_FIELDS else value.item() if hasattr(value, "item") else value
@@ -258,8 +297,8 @@ class Ledger:
             raise StoreError(f"could not append to the ledger journal in {self._state.where}")
         self._next_seq = seq + 1
         self._uncompacted.append(_record_key(seq))
+        self._journal_blocks.update(entry["block"] for entry in entries)
         _apply(table, record)
-        self._dirty.update(entry["block"] for entry in entries)
         if len(self._uncompacted) >= COMPACT_EVERY:
             self.compact()
 
@@ -281,46 +320,63 @@ class Ledger:
             self._append([self._entry(b, status=int(BlockStatus.PENDING)) for b in blocks])
 
     def compact(self) -> None:
-        """Write the journal into the arrays (whole chunks), advance ``through_seq``, drop the records."""
-        if not self._uncompacted:
-            return
+        """Write the journal into the arrays (whole chunks, conditionally), advance ``through_seq``, drop the records.
+
+        Raises
+        ------
+        StoreError
+            Other writers kept compacting meanwhile (two drivers on one store).
+        """
+        for _ in range(_READ_TRIES):
+            if not self._uncompacted:
+                return
+            if self._write_compaction():
+                return
+            self._table = self._load()  # another writer compacted: start over from what is there now
+        raise StoreError(f"another process keeps compacting the ledger of {self._root.where} "
+                         "(does another driver hold the lease?); stopping")
+
+    def _write_compaction(self) -> bool:
+        """One attempt; False if a conditional write found a version other than the one read."""
         table = self._rows()
-        chunk = int(self._group["status"].chunks[0])  # type: ignore[union-attr]
-        for index in sorted({block // chunk for block in self._dirty}):
-            start, stop = index * chunk, min((index + 1) * chunk, table["status"].shape[0])
-            for name in _FIELDS:
+        through = max(_record_seq(key) or 0 for key in self._uncompacted)
+        for name, field in self._fields.items():
+            chunk = int(field.array.chunks[0])
+            for index in sorted({block // chunk for block in self._journal_blocks}):
+                start, stop = index * chunk, min((index + 1) * chunk, int(field.array.shape[0]))
                 values = table[name][start:stop]
-                self._group[name][start:stop] = values.astype(str) if name in _TEXT_FIELDS else values  # type: ignore[index]
-        through = int(_record_seq(self._uncompacted[-1]) or self._through)
+                field.array[start:stop] = values.astype(str) if name in _TEXT_FIELDS else values
+                key = field.array.metadata.encode_chunk_key((index,))
+                data = field.chunks[key].to_bytes()
+                version = field.versions.get(key)
+                full = f"{field.path}/{key}"
+                written = (self._root.put_if_absent(full, data) if version is None
+                           else self._root.put_if_match(full, data, version))
+                if written is None:
+                    return False
+                field.versions[key] = written
         blob = self._root.get(self._meta_key)
         if blob is None:
-            raise StoreError(f"the ledger's metadata ({self._meta_key}) is missing from the store")
+            raise StoreError(f"the ledger's metadata ({self._meta_key}) is missing from {self._root.where}")
         document = json.loads(blob.data)
         previous = document.setdefault("attributes", {}).get(_ATTRS, {"through_seq": 0, "generation": 0})
         document["attributes"][_ATTRS] = {"through_seq": through, "generation": int(previous["generation"]) + 1}
-        # Conditional on the version this handle read: a second writer that compacted
-        # since (it must have taken the lease) makes this one stop here.
         etag = self._root.put_if_match(self._meta_key, json.dumps(document, indent=2).encode(), self._meta_etag or "")
         if etag is None:
-            raise StoreError(f"another process compacted the ledger of {self._root.where} since this one read it "
-                             "(does another driver hold the lease?); stopping")
-        self._meta_etag = etag
+            return False
         for key in self._uncompacted:
             self._state.delete(key)
+        self._meta_etag = etag
         self._through = through
         self._uncompacted = []
-        self._dirty = set()
+        self._journal_blocks = set()
+        return True
 
     def resize(self, num_blocks: int) -> None:
-        """Grow every field (the lease holder only, during extend)."""
-        table = self._rows()
-        old = table["status"].shape[0]
+        """Grow every field (the lease holder only, during extend); the table is read again after."""
         for name in _FIELDS:
             self._group[name].resize((num_blocks,))  # type: ignore[union-attr]
-            fill = "" if name in _TEXT_FIELDS else _NUMERIC_FIELDS[name][1]
-            grown = np.full(num_blocks, fill, dtype=table[name].dtype)
-            grown[:old] = table[name][: min(old, num_blocks)]
-            table[name] = grown
+        self._table = None
 
 
 def _apply(table: dict[str, np.ndarray], record: dict[str, Any]) -> None:

@@ -235,7 +235,7 @@ class SweepStore:
         """
         location = store_location(location)
         probe = probe_store(location)
-        if probe is StoreProbe.ABSENT or probe is StoreProbe.EMPTY:
+        if probe is StoreProbe.ABSENT:
             raise InputError(f"no store at {location.uri!r}", params=("store",))
         if probe is StoreProbe.PARTIAL:
             raise InputError(f"{location.uri!r} holds an init that did not finish; `dmsweep init` or `run` "
@@ -314,7 +314,9 @@ class SweepStore:
         """A fresh handle on a per-model array (``masks`` or an output name)."""
         if name != MASKS and name not in self.outputs:
             raise InputError(f"store has no array {name!r}; it has {[MASKS, *self.outputs]}")
-        return zarr.open_array(self._group.store, path=name, mode=self._mode)
+        # The creation-time config is not stored: an opened array needs it again, or an
+        # all-fill chunk would be deleted instead of written.
+        return zarr.open_array(self._group.store, path=name, mode=self._mode).with_config(ARRAY_CONFIG)
 
     def block_rows(self, block_id: int) -> range:
         """Rows of block ``block_id`` (the last block of an import may be short)."""
