@@ -22,7 +22,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from storage.errors import InputError
 from storage.objects import LocalObjects, Objects, S3Objects
@@ -42,62 +42,31 @@ def is_uri(value: str | Path) -> bool:
     return isinstance(value, str) and _URI.match(value) is not None
 
 
-@dataclass(frozen=True)
-class StoreLocation:
-    """Base of the two kinds; ``str(location)`` is the path or URI as users write it."""
+class _Location:
+    """What both kinds share: ``str(location)`` is the path or URI as users write it."""
+
+    uri: str
 
     def __str__(self) -> str:
         return self.uri
 
-    @property
-    def uri(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        """The last component (``sweep.zarr``)."""
-        raise NotImplementedError
-
-    @property
-    def is_local(self) -> bool:
-        raise NotImplementedError
-
-    @property
-    def canonical(self) -> str:
-        """The same string for every spelling of one location (an absolute path, or the URI)."""
-        return self.uri
-
-    @property
-    def state(self) -> Objects:
-        """The state area beside the hierarchy (lease, events, ledger journal)."""
-        raise NotImplementedError
-
-    @property
-    def root(self) -> Objects:
-        """The hierarchy's own objects by key (``zarr.json``), for probing and the init marker."""
-        raise NotImplementedError
-
-    def zarr_store(self, *, read_only: bool) -> Any:
-        """A Zarr store of the hierarchy."""
-        raise NotImplementedError
-
-    def scratch_dir(self) -> Path:
-        """A local directory for one process's scratch files (created)."""
-        raise NotImplementedError
-
-    def sibling(self, name: str) -> StoreLocation:
-        """The location ``name`` next to this one (same directory or prefix)."""
-        raise NotImplementedError
-
 
 @dataclass(frozen=True)
-class LocalLocation(StoreLocation):
-    """A store in a local (or mounted) directory."""
+class LocalLocation(_Location):
+    """A store in a local (or mounted) directory.
+
+    Both kinds of location offer: ``uri``, ``name`` (the last component),
+    ``is_local``, ``canonical`` (one string for every spelling of a location),
+    ``state`` (the state area's :class:`~storage.objects.Objects`), ``root``
+    (the hierarchy's own objects by key), ``zarr_store(read_only=)``,
+    ``scratch_dir()`` (a local directory for a process's scratch files) and
+    ``sibling(name)``.
+    """
 
     path: Path
 
     @property
-    def uri(self) -> str:
+    def uri(self) -> str:  # type: ignore[override]
         return str(self.path)
 
     @property
@@ -130,12 +99,12 @@ class LocalLocation(StoreLocation):
         scratch.mkdir(parents=True, exist_ok=True)
         return scratch
 
-    def sibling(self, name: str) -> StoreLocation:
+    def sibling(self, name: str) -> LocalLocation:
         return LocalLocation(self.path.with_name(name))
 
 
 @dataclass(frozen=True)
-class S3Location(StoreLocation):
+class S3Location(_Location):
     """A store under ``s3://bucket/prefix`` (any S3-compatible endpoint; see :mod:`storage.s3`)."""
 
     bucket: str
@@ -143,8 +112,12 @@ class S3Location(StoreLocation):
     requester_pays: bool = field(default=False, compare=False)
 
     @property
-    def uri(self) -> str:
+    def uri(self) -> str:  # type: ignore[override]
         return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def canonical(self) -> str:
+        return self.uri
 
     @property
     def name(self) -> str:
@@ -182,9 +155,13 @@ class S3Location(StoreLocation):
         scratch.mkdir(parents=True, exist_ok=True)
         return scratch
 
-    def sibling(self, name: str) -> StoreLocation:
+    def sibling(self, name: str) -> S3Location:
         parent = self.prefix.rsplit("/", 1)[0] if "/" in self.prefix else ""
         return S3Location(self.bucket, f"{parent}/{name}" if parent else name, self.requester_pays)
+
+
+#: Where a store is: one of the two kinds.
+StoreLocation = Union[LocalLocation, S3Location]
 
 
 def _parse_s3(uri: str, *, param: str) -> S3Location:
@@ -218,7 +195,7 @@ def store_location(value: str | Path | StoreLocation, *, param: str = "store") -
     InputError
         A URI of another scheme, a malformed ``s3://`` URI, or an empty path.
     """
-    if isinstance(value, StoreLocation):
+    if isinstance(value, (LocalLocation, S3Location)):
         return value
     if isinstance(value, Path):
         return LocalLocation(value.expanduser())

@@ -46,18 +46,30 @@ def upload_npy(server, key: str, array: np.ndarray) -> tuple[str, int]:  # type:
 
 
 @pytest.fixture(scope="module")
-def imported(s3_server, tmp_path_factory: pytest.TempPathFactory) -> str:  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("s3-flow")
+def imported(s3_server) -> str:  # type: ignore[no-untyped-def]
+    """An imported store in the bucket (written block by block through the S3 client) with datamodels ``dm``."""
     masks, margins, _ = planted(400, 40, 6, seed=3)
-    np.save(root / "masks.npy", masks)
-    np.save(root / "margins.npy", margins)
     store = f"s3://{s3_server.bucket}/flow-{uuid.uuid4().hex[:8]}/imported.zarr"
-    made = invoke("import-npy", store, "--masks", root / "masks.npy", "--margins", root / "margins.npy",
-                  "--block", 50, "--no-progress")
-    assert made.exit_code == 0, made.stderr
+    build_store(store, masks, margins, block=50)
     fitted = invoke("fit", store, "--name", "dm", "--rows", "0:350", "--k", 20, "--no-progress")
     assert fitted.exit_code == 0, fitted.stderr
     return store
+
+
+def test_import_npy_into_an_s3_store(s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    masks, margins, _ = planted(120, 16, 4, seed=5)
+    files = {}
+    for name, array in (("masks", masks), ("margins", margins)):
+        files[name] = tmp_path / f"{name}.npy"
+        np.save(files[name], array)
+    store = f"s3://{s3_server.bucket}/import-{uuid.uuid4().hex[:8]}/imported.zarr"
+    result = invoke("import-npy", store, "--masks", files["masks"], "--margins", files["margins"], "--block", 40,
+                    "--no-progress", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["store"] == store
+    imported = SweepStore.open(store)
+    assert imported.kind == "import" and imported.completed_rows().tolist() == list(range(120))
+    np.testing.assert_array_equal(imported.read("margins/test", slice(0, 120)), margins)
 
 
 @pytest.mark.parametrize(("command", "options"), [
