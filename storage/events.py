@@ -5,7 +5,7 @@ the store's state area, ``events/<first event's time>-<writer>-<part>.jsonl``,
 each a few events as JSON lines. The writer keeps the events of the last
 ``flush_s`` seconds (at most ``flush_every``) and writes them as one object;
 closing it writes the rest. A driver killed with SIGKILL loses at most those
-last seconds of its log; the ledger, not the log, says what is complete.
+last few seconds of its log; the ledger, not the log, says what is complete.
 Readers list the objects and read them in name order, which is time order.
 """
 
@@ -41,7 +41,7 @@ class EventLog:
         self,
         store: str | Path | StoreLocation,
         *,
-        flush_s: float = 1.0,
+        flush_s: float = 5.0,
         flush_every: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -142,11 +142,10 @@ class S3Location(_Location):
         return self._objects(self.prefix)
 
     def zarr_store(self, *, read_only: bool) -> Any:
-        from zarr.storage import ObjectStore
+        from storage.s3 import SinglePutObjectStore, s3_store
 
-        from storage.s3 import s3_store
-
-        return ObjectStore(s3_store(self.bucket, self.prefix, requester_pays=self.requester_pays), read_only=read_only)
+        return SinglePutObjectStore(s3_store(self.bucket, self.prefix, requester_pays=self.requester_pays),
+                                    read_only=read_only)
 
     def scratch_dir(self) -> Path:
         # Never in the bucket: the spill file is read and written at random, per batch.
