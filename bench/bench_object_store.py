@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out = {
         "benchmark": "object_store",
         "environment": {"commit": git_commit(short=True), "cpu": cpu_model(), "cores": os.cpu_count(),
+                        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                         "python": platform.python_version(), "zarr": zarr.__version__, "obstore": obstore.__version__,
                         "s3fs": s3fs.__version__, "torch": torch.__version__, "server": "moto (local, in memory)"},
         "shapes": {**CIFAR, "block": BLOCK, "blocks": args.blocks, "raw_mb_per_block": round(raw / args.blocks / 1e6, 2)},
