@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -79,8 +80,10 @@ def start_moto(port: int, *, auth_after: int | None = None) -> subprocess.Popen[
     env = dict(os.environ)
     if auth_after is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
+    # Its own working directory: moto's request recorder writes a file there.
+    workdir = tempfile.mkdtemp(prefix="dmsweep-moto-")
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=workdir)
 
     def answers() -> bool:
         if process.poll() is not None:
