@@ -15,7 +15,8 @@ from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
 from storage.errors import InputError
 from storage.events import EventLog
-from storage.lease import LEASE_FILE, Lease, read_lease
+from storage.lease import Lease, clear_lease, read_lease
+from storage.location import StoreLocation, is_uri, store_location
 from storage.sweep_store import SweepStore
 from storage.verify import VerifyReport, verify_store
 
@@ -33,16 +34,24 @@ __all__ = [
 
 
 def _absolute_store(spec: SweepSpec, *, cluster: bool) -> SweepSpec:
-    """Resolve a relative store path against the working directory; refuse one on a cluster."""
-    path = Path(spec.store).expanduser()
-    if not path.is_absolute():
-        if cluster:
-            raise InputError(
-                f"store {spec.store!r} is a relative path; on a cluster give an absolute path on a filesystem every node mounts"
-            )
-        path = Path.cwd() / path
-    update: dict[str, str] = {"store": str(path)}
-    if spec.masks_file is not None:
+    """Resolve a relative store path against the working directory; refuse one on a cluster.
+
+    An ``s3://`` store is where it is for every node.
+    """
+    update: dict[str, str] = {}
+    if is_uri(spec.store):
+        update["store"] = store_location(spec.store).uri  # validated here, before anything is written
+    else:
+        path = Path(spec.store).expanduser()
+        if not path.is_absolute():
+            if cluster:
+                raise InputError(
+                    f"store {spec.store!r} is a relative path; on a cluster give an absolute path on a filesystem "
+                    "every node mounts, or an s3:// URI"
+                )
+            path = Path.cwd() / path
+        update["store"] = str(path)
+    if spec.masks_file is not None and not is_uri(spec.masks_file):
         masks = Path(spec.masks_file).expanduser()
         if not masks.is_absolute():
             if cluster:
@@ -62,7 +71,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _clear_abandoned_lease(store_path: Path) -> bool:
+def _clear_abandoned_lease(store: StoreLocation) -> bool:
     """Remove a lease whose holder is a dead process on this host; True if one was removed.
 
     A driver killed with SIGKILL leaves its lease fresh for up to ``ttl_s``;
@@ -70,17 +79,16 @@ def _clear_abandoned_lease(store_path: Path) -> bool:
     need not wait for the heartbeat to go stale. Leases from other hosts are
     only ever taken over once stale.
     """
-    info = read_lease(store_path)
+    info = read_lease(store)
     if info is None or info.host != socket.gethostname() or info.pid == os.getpid() or _pid_alive(info.pid):
         return False
-    (store_path / LEASE_FILE).unlink(missing_ok=True)
-    return True
+    return clear_lease(store, info.holder)
 
 
-def _lease(store_path: Path, *, ttl_s: float) -> Lease:
+def _lease(store: StoreLocation, *, ttl_s: float) -> Lease:
     """The store's lease, ready to enter: refused while another live driver holds it."""
-    _clear_abandoned_lease(store_path)
-    return Lease(store_path, ttl_s=ttl_s)
+    _clear_abandoned_lease(store)
+    return Lease(store, ttl_s=ttl_s)
 
 
 def init_sweep(spec: SweepSpec) -> SweepStore:
@@ -108,23 +116,27 @@ def run_sweep(
     """
     spec = _absolute_store(spec, cluster=cluster_requested(address))
     store, _ = open_store_for_spec(spec)
-    with _lease(store.path, ttl_s=lease_ttl_s) as lease, ray_for_this_process(address):
+    with _lease(store.location, ttl_s=lease_ttl_s) as lease, ray_for_this_process(address):
         # Checked again under the lease: another driver may have changed it meanwhile.
         store = store.reopen()
         check_store_matches(store, spec)
         if spec.num_models > store.num_models:
             store.resize(spec)
             store = store.reopen()
-        with EventLog(store.path) as events:
+        with EventLog(store.location) as events:
             view = SweepProgress() if progress else None
             driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options)
             if view is None:
-                return driver.run()
-            with view:
-                return driver.run()
+                result = driver.run()
+            else:
+                with view:
+                    result = driver.run()
+        # The run's journal records go into the ledger's arrays, so Zarr tools read it current.
+        store.ledger.compact()
+        return result
 
 
-def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
+def extend_sweep(store_path: str | Path | StoreLocation, *, num_models: int) -> SweepStore:
     """Grow a sweep to ``num_models`` (a multiple of its block); the next run fills the new blocks."""
     store = SweepStore.open(store_path, mode="r+")
     spec = stored_spec(store)
@@ -132,15 +144,17 @@ def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
         raise InputError(f"--num-models must exceed the current {store.num_models}; got {num_models}")
     if num_models % store.block:
         raise InputError(f"--num-models ({num_models}) must be a multiple of the block size ({store.block})")
-    with _lease(store.path, ttl_s=30.0):
+    with _lease(store.location, ttl_s=30.0):
         store.resize(spec.model_copy(update={"num_models": num_models}))
     return store.reopen()
 
 
-def verify_sweep(store_path: str | Path, *, repair: bool = False) -> VerifyReport:
+def verify_sweep(store_path: str | Path | StoreLocation, *, repair: bool = False) -> VerifyReport:
     """Check every completed block; with ``repair`` send bad ones back to be recomputed."""
     store = SweepStore.open(store_path, mode="r+" if repair else "r")
     if repair:
-        with _lease(store.path, ttl_s=30.0):
-            return verify_store(store, repair=True)
+        with _lease(store.location, ttl_s=30.0):
+            report = verify_store(store, repair=True)
+            store.ledger.compact()
+            return report
     return verify_store(store)
