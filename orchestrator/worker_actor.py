@@ -24,10 +24,14 @@ def require_cuda(runner: BlockRunner, gpu_ids: list[object], node: str) -> None:
         return
     import torch
 
+    remedy = (
+        f"a CUDA {torch.version.cuda} build, so check the node's NVIDIA driver and CUDA_VISIBLE_DEVICES"
+        if torch.version.cuda
+        else "a CPU-only build: install a CUDA build of torch on that node"
+    )
     raise InputError(
         f"the worker on {node} was given GPU {gpu_ids} by Ray, but torch {torch.__version__} there cannot use CUDA "
-        f"(torch.cuda.is_available() is False, CUDA build: {torch.version.cuda or 'none'}): install a CUDA build "
-        "of torch on that node, or set resources.num_gpus: 0 to train on CPUs",
+        f"(torch.cuda.is_available() is False; {remedy}), or set resources.num_gpus: 0 to train on CPUs",
         params=("resources",),
     )
 

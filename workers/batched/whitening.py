@@ -29,7 +29,7 @@ def patch_covariance(
 
     Returns
     -------
-    float32 [K, C*patch*patch, C*patch*patch] on x's device; entries are
+    [K, C*patch*patch, C*patch*patch] (float32, or float64 for float64 x) on x's device; entries are
     ordered (channel, row, column) like a convolution weight's.
     """
     k, n = positions.shape
@@ -37,10 +37,12 @@ def patch_covariance(
     dim = c * patch * patch
     per_image = (height - patch + 1) * (width - patch + 1) * dim
     chunk = chunk or max(1, (1 << 26) // (k * per_image))
-    total = torch.zeros(k, dim, dim, dtype=torch.float32, device=x.device)
+    # float32 at least; float64 data (the exactness tests) stays float64.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    total = torch.zeros(k, dim, dim, dtype=dtype, device=x.device)
     count = 0
     for start in range(0, n, chunk):
-        images = x[positions[:, start : start + chunk]].float()  # [K, m, C, H, W]
+        images = x[positions[:, start : start + chunk]].to(dtype)  # [K, m, C, H, W]
         # [K, m, C, H', W', p, p] -> one row per patch, (channel, row, column) within it.
         patches = images.unfold(3, patch, 1).unfold(4, patch, 1)
         rows = patches.permute(0, 1, 3, 4, 2, 5, 6).reshape(k, -1, dim)
@@ -64,8 +66,8 @@ def whitening_filters(covariance: torch.Tensor, channels: int, patch: int, *, ep
 
     Returns
     -------
-    float32 [K, 2*D, channels, patch, patch] on the CPU: the D scaled
-    eigenvectors followed by their negatives.
+    [K, 2*D, channels, patch, patch] on the CPU (float32, float64 for a float64
+    covariance): the D scaled eigenvectors followed by their negatives.
     """
     values, vectors = torch.linalg.eigh(covariance.detach().to("cpu", torch.float64))
     values, vectors = values.flip(-1), vectors.flip(-1)  # largest first
@@ -74,4 +76,5 @@ def whitening_filters(covariance: torch.Tensor, channels: int, patch: int, *, ep
     vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
     scaled = vectors.transpose(1, 2) / torch.sqrt(values.clamp_min(0.0) + eps)[:, :, None]  # [K, D, D], row i = vector i
     filters = scaled.reshape(covariance.shape[0], -1, channels, patch, patch)
-    return torch.cat([filters, -filters], dim=1).float()
+    out_dtype = torch.float64 if covariance.dtype == torch.float64 else torch.float32
+    return torch.cat([filters, -filters], dim=1).to(out_dtype)

@@ -166,8 +166,8 @@ class StackedRecipe(Recipe):
         """Test-time views whose logits are averaged (default: the plain input)."""
         return PLAIN_VIEW
 
-    def prepare_stack(self, stack: nn.Module, *, positions: torch.Tensor) -> None:
-        """Set what depends on the models' data, after the random init (default: nothing)."""
+    def prepare_stack(self, stack: nn.Module, *, x_train: torch.Tensor, positions: torch.Tensor) -> None:
+        """Set what depends on the models' data (``x_train[positions[k]]``), after the random init (default: nothing)."""
 
     def setup(self, device: str) -> None:
         self._device = torch.device(device)
@@ -263,7 +263,7 @@ class StackedRecipe(Recipe):
         generators = model_generators(seeds)
         init_stack(stack, generators)
         positions = torch.as_tensor(subset_positions(masks)).to(device)
-        self.prepare_stack(stack, positions=positions)
+        self.prepare_stack(stack, x_train=self._tensors["x_train"], positions=positions)
         prepared = clock.now()
         t = self._tensors
         max_mib = getattr(self.params, "max_activation_mib", None)

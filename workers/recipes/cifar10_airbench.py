@@ -203,10 +203,10 @@ class Cifar10Airbench(StackedRecipe):
             ParamGroup(params=[whiten], until_epoch=p.whiten_bias_epochs),
         )
 
-    def prepare_stack(self, stack: nn.Module, *, positions: torch.Tensor) -> None:
+    def prepare_stack(self, stack: nn.Module, *, x_train: torch.Tensor, positions: torch.Tensor) -> None:
         whiten: GroupedConv = stack.whiten  # type: ignore[assignment]
         images = positions[:, : self.params.whiten_images]
-        covariance = patch_covariance(self._tensors["x_train"], images, _WHITEN_PATCH)
+        covariance = patch_covariance(x_train, images, _WHITEN_PATCH)
         filters = whitening_filters(covariance, 3, _WHITEN_PATCH)  # [K, 24, 3, 2, 2]
         with torch.no_grad():
             whiten.weight.copy_(filters.reshape(whiten.weight.shape))
