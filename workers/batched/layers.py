@@ -34,6 +34,7 @@ __all__ = [
     "GroupedBatchNorm",
     "GroupedLinear",
     "FullPrecision",
+    "conv_flops",
     "init_stack",
     "to_grouped",
     "repeat_for_models",
@@ -226,6 +227,16 @@ class FullPrecision(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             # Half-precision activations are widened; float64 (the exactness tests) stays.
             return self.module(x.float() if x.element_size() < 4 else x)
+
+
+def conv_flops(convs: Sequence[tuple[int, int, int, int]], head: tuple[int, int]) -> float:
+    """Forward FLOPs (2 × multiply-adds) of one model on one image.
+
+    ``convs`` lists each convolution as (in channels, out channels, kernel
+    side, output side); ``head`` is the linear head's (in, out) features.
+    """
+    macs = sum(cin * cout * kernel**2 * side**2 for cin, cout, kernel, side in convs) + head[0] * head[1]
+    return 2.0 * macs
 
 
 def init_stack(stack: nn.Module, generators: Sequence[torch.Generator]) -> None:

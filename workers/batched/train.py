@@ -276,7 +276,11 @@ def predict_logits(
             grouped = repeat_for_models(x[start : start + batch_size], num_models, channels_last=channels_last)
             logits = None
             for view in views:
-                out = view.weight * from_grouped(run(view(grouped)), num_models).float()
+                viewed = view(grouped)
+                if channels_last:
+                    # Every view in one memory layout: a compiled stack then needs one graph for them all.
+                    viewed = viewed.contiguous(memory_format=torch.channels_last)
+                out = view.weight * from_grouped(run(viewed), num_models).float()
                 logits = out if logits is None else logits + out
             chunks.append(logits)
     return torch.cat(chunks, dim=1)

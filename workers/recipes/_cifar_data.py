@@ -20,9 +20,9 @@ from storage.errors import RecipeError
 from storage.layout import DatasetInfo
 from workers.recipes._cifar_files import cifar_root, read_cifar_split
 from workers.recipes._digits32 import DIGITS32_CLASSES, generate_digits32
-from workers.recipes._stacked import ArrayDataset, StackedParams
+from workers.recipes._stacked import ArrayDataset, StackedParams, StackedRecipe
 
-__all__ = ["CifarDataParams", "CIFAR_MEAN", "CIFAR_STD", "cifar_dataset_info", "load_cifar_arrays"]
+__all__ = ["CifarDataParams", "CifarImageRecipe", "CIFAR_MEAN", "CIFAR_STD", "cifar_dataset_info", "load_cifar_arrays"]
 
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
@@ -105,3 +105,17 @@ def load_cifar_arrays(params: CifarDataParams) -> ArrayDataset:
         x_test=np.ascontiguousarray(x_test, dtype=np.uint8), y_test=np.asarray(y_test, dtype=np.int64),
         n_classes=10, mean=mean, std=std,
     )
+
+
+class CifarImageRecipe(StackedRecipe):
+    """Base of the CIFAR-shaped recipes: data from :class:`CifarDataParams`, channels-last, compiled on CUDA."""
+
+    params: CifarDataParams
+    channels_last = True
+    compile_pays_on_cuda = True
+
+    def dataset_info(self) -> DatasetInfo:
+        return cifar_dataset_info(self.params)
+
+    def load_arrays(self) -> ArrayDataset:
+        return load_cifar_arrays(self.params)

@@ -43,7 +43,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from storage.layout import DatasetInfo
 from workers.batched import (
     MIRROR_TRANSLATE_VIEWS,
     MIRROR_VIEWS,
@@ -57,11 +56,11 @@ from workers.batched import (
     ParamGroup,
     TestView,
     TrainConfig,
+    conv_flops,
     patch_covariance,
     whitening_filters,
 )
-from workers.recipes._cifar_data import CifarDataParams, cifar_dataset_info, load_cifar_arrays
-from workers.recipes._stacked import ArrayDataset, StackedRecipe
+from workers.recipes._cifar_data import CifarDataParams, CifarImageRecipe
 
 __all__ = ["Cifar10AirbenchParams", "Cifar10Airbench", "airbench_flops_per_image"]
 
@@ -141,28 +140,17 @@ def airbench_flops_per_image(widths: Sequence[int] = (64, 256, 256)) -> float:
     """Forward FLOPs (2 × multiply-adds of the convolutions and the head) of one model on one 32×32 image."""
     w1, w2, w3 = widths
     whiten = 2 * 3 * _WHITEN_PATCH**2
-    convs = [  # (cin, cout, kernel side, output side)
-        (3, whiten, 2, 31), (whiten, w1, 3, 31), (w1, w1, 3, 15), (w1, w2, 3, 15),
-        (w2, w2, 3, 7), (w2, w3, 3, 7), (w3, w3, 3, 3),
-    ]  # fmt: skip
-    macs = sum(cin * cout * kernel**2 * side**2 for cin, cout, kernel, side in convs) + w3 * _N_CLASSES
-    return 2.0 * macs
+    sizes = [(3, whiten, 2, 31), (whiten, w1, 3, 31), (w1, w1, 3, 15), (w1, w2, 3, 15), (w2, w2, 3, 7),
+             (w2, w3, 3, 7), (w3, w3, 3, 3)]  # (in, out, kernel side, output side)
+    return conv_flops(sizes, (w3, _N_CLASSES))
 
 
-class Cifar10Airbench(StackedRecipe):
+class Cifar10Airbench(CifarImageRecipe):
     """An airbench-style CIFAR-10 trainer, K models at once with grouped convolutions."""
 
     name = "cifar10-airbench"
     Params = Cifar10AirbenchParams
     params: Cifar10AirbenchParams
-    channels_last = True
-    compile_pays_on_cuda = True
-
-    def dataset_info(self) -> DatasetInfo:
-        return cifar_dataset_info(self.params)
-
-    def load_arrays(self) -> ArrayDataset:
-        return load_cifar_arrays(self.params)
 
     def build_stack(self, num_models: int) -> nn.Module:
         p = self.params

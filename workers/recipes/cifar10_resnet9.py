@@ -30,7 +30,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from storage.layout import DatasetInfo
 from workers.batched import (
     MIRROR_VIEWS,
     PLAIN_VIEW,
@@ -41,9 +40,10 @@ from workers.batched import (
     GroupedLinear,
     TestView,
     TrainConfig,
+    conv_flops,
 )
-from workers.recipes._cifar_data import CifarDataParams, cifar_dataset_info, load_cifar_arrays
-from workers.recipes._stacked import ArrayDataset, StackedParams, StackedRecipe
+from workers.recipes._cifar_data import CifarDataParams, CifarImageRecipe
+from workers.recipes._stacked import StackedParams
 
 __all__ = ["Resnet9Params", "Cifar10Resnet9Params", "Cifar10Resnet9", "Resnet9Stack", "resnet9_flops_per_image"]
 
@@ -110,28 +110,17 @@ class Resnet9Stack(nn.Module):
 def resnet9_flops_per_image(width: int = 64) -> float:
     """Forward FLOPs (2 × multiply-adds of convs and the head) of one model on one image."""
     w = width
-    convs = [  # (cin, cout, spatial side)
-        (3, w, 32), (w, 2 * w, 32), (2 * w, 2 * w, 16), (2 * w, 2 * w, 16),
-        (2 * w, 4 * w, 16), (4 * w, 8 * w, 8), (8 * w, 8 * w, 4), (8 * w, 8 * w, 4),
-    ]  # fmt: skip
-    macs = sum(cin * cout * 9 * side * side for cin, cout, side in convs) + 8 * w * _N_CLASSES
-    return 2.0 * macs
+    sides = [(3, w, 32), (w, 2 * w, 32), (2 * w, 2 * w, 16), (2 * w, 2 * w, 16), (2 * w, 4 * w, 16),
+             (4 * w, 8 * w, 8), (8 * w, 8 * w, 4), (8 * w, 8 * w, 4)]  # (in, out, output side), all 3×3
+    return conv_flops([(cin, cout, 3, side) for cin, cout, side in sides], (8 * w, _N_CLASSES))
 
 
-class Cifar10Resnet9(StackedRecipe):
+class Cifar10Resnet9(CifarImageRecipe):
     """ResNet-9 on CIFAR-10, K models at once with grouped convolutions and per-model batch norm."""
 
     name = "cifar10-resnet9"
     Params = Cifar10Resnet9Params
     params: Cifar10Resnet9Params
-    channels_last = True
-    compile_pays_on_cuda = True
-
-    def dataset_info(self) -> DatasetInfo:
-        return cifar_dataset_info(self.params)
-
-    def load_arrays(self) -> ArrayDataset:
-        return load_cifar_arrays(self.params)
 
     def build_stack(self, num_models: int) -> nn.Module:
         return Resnet9Stack(num_models, self.params.width)
