@@ -144,7 +144,9 @@ def bench_cpu(*, params: dict[str, Any], repeats: int, single_models: int, alpha
 
 
 def _gpu_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    data: dict[str, Any] = {"dataset": "cifar10", "data_dir": args.cifar_dir} if args.cifar_dir else {"dataset": "digits32"}
+    data: dict[str, Any] = {"dataset": "digits32"}
+    if args.cifar_dir:
+        data = {"dataset": "cifar10", "data_dir": args.cifar_dir}
     overrides = json.loads(args.airbench_params if name == "cifar10-airbench" else args.resnet9_params)
     return {**data, "torch_compile": args.compile, **overrides}
 
@@ -205,8 +207,8 @@ def _step_reference(name: str, params: dict[str, Any], k: int) -> dict[str, Any]
     """One eager training step: K models at batch B, the dense reference (1 model, batch K·B), 1 model at batch B."""
     recipe = build_recipe(name, params)
     batch = recipe.params.batch_size  # type: ignore[attr-defined]
-    per_image = (airbench_flops_per_image(recipe.params.widths) if name == "cifar10-airbench"  # type: ignore[attr-defined]
-                 else resnet9_flops_per_image(recipe.params.width))  # type: ignore[attr-defined]
+    p: Any = recipe.params
+    per_image = airbench_flops_per_image(p.widths) if name == "cifar10-airbench" else resnet9_flops_per_image(p.width)
     step_flops = 3.0 * per_image * k * batch
     times = {}
     for label, models, b in (("grouped", k, batch), ("dense_reference", 1, k * batch), ("one_model", 1, batch)):

@@ -74,7 +74,8 @@ def whitening_filters(covariance: torch.Tensor, channels: int, patch: int, *, ep
     largest = vectors.abs().argmax(dim=1, keepdim=True)  # [K, 1, D]
     signs = torch.sign(vectors.gather(1, largest))
     vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
-    scaled = vectors.transpose(1, 2) / torch.sqrt(values.clamp_min(0.0) + eps)[:, :, None]  # [K, D, D], row i = vector i
+    # [K, D, D]: row i is eigenvector i over the square root of its eigenvalue.
+    scaled = vectors.transpose(1, 2) / torch.sqrt(values.clamp_min(0.0) + eps)[:, :, None]
     filters = scaled.reshape(covariance.shape[0], -1, channels, patch, patch)
     out_dtype = torch.float64 if covariance.dtype == torch.float64 else torch.float32
     return torch.cat([filters, -filters], dim=1).to(out_dtype)

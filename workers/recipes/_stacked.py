@@ -167,7 +167,7 @@ class StackedRecipe(Recipe):
         return PLAIN_VIEW
 
     def prepare_stack(self, stack: nn.Module, *, x_train: torch.Tensor, positions: torch.Tensor) -> None:
-        """Set what depends on the models' data (``x_train[positions[k]]``), after the random init (default: nothing)."""
+        """Set what depends on model ``k``'s data ``x_train[positions[k]]``, after the random init (default: nothing)."""
 
     def setup(self, device: str) -> None:
         self._device = torch.device(device)
@@ -289,7 +289,9 @@ class StackedRecipe(Recipe):
         timings.models += num_models
         return result
 
-    def _evaluate(self, stack: nn.Module, run: Forward, num_models: int, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _evaluate(
+        self, stack: nn.Module, run: Forward, num_models: int, outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
         t = self._tensors
         eval_batch = int(getattr(self.params, "eval_batch_size", 1000))
 

@@ -94,7 +94,8 @@ def fmow_folder(data_dir: Path) -> Path:
     folder = data_dir if (data_dir / METADATA).is_file() else data_dir / FOLDER
     if not (folder / METADATA).is_file():
         raise RecipeError(
-            f"FMoW data_dir {str(data_dir)!r} holds no {FOLDER}/{METADATA} (the WILDS fmow layout; nothing is downloaded)"
+            f"FMoW data_dir {str(data_dir)!r} holds no {FOLDER}/{METADATA} "
+            "(the WILDS fmow layout; nothing is downloaded)"
         )
     if not (folder / "images").is_dir():
         raise RecipeError(f"FMoW folder {str(folder)!r} has no images/ folder")

@@ -26,7 +26,14 @@ from torch import nn
 from storage.errors import RecipeError
 from storage.layout import DatasetInfo
 from workers.recipes._stacked import ArrayDataset
-from workers.recipes._wilds_fmow import FMOW_CATEGORIES, FmowSplit, SplitScheme, fmow_folder, load_images, read_fmow_split
+from workers.recipes._wilds_fmow import (
+    FMOW_CATEGORIES,
+    FmowSplit,
+    SplitScheme,
+    fmow_folder,
+    load_images,
+    read_fmow_split,
+)
 from workers.recipes.cifar10_resnet9 import Cifar10Resnet9, Resnet9Params, Resnet9Stack
 
 __all__ = ["FmowResnet9Params", "FmowResnet9"]
