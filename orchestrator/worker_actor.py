@@ -11,9 +11,28 @@ import sys
 
 import ray
 
+from storage.errors import InputError
 from workers.block_runner import BlockReceipt, BlockRunner
 
-__all__ = ["SweepWorker"]
+__all__ = ["SweepWorker", "require_cuda"]
+
+
+def require_cuda(runner: BlockRunner, gpu_ids: list[object], node: str) -> None:
+    """Refuse, in one line, a GPU worker whose torch cannot use CUDA (it would train on the CPU unnoticed)."""
+    if runner.device.startswith("cuda") or not runner.recipe.trains_on_device:
+        return
+    import torch
+
+    remedy = (
+        f"a CUDA {torch.version.cuda} build, so check the node's NVIDIA driver and CUDA_VISIBLE_DEVICES"
+        if torch.version.cuda
+        else "a CPU-only build: install a CUDA build of torch on that node"
+    )
+    raise InputError(
+        f"the worker on {node} was given GPU {gpu_ids} by Ray, but torch {torch.__version__} there cannot use CUDA "
+        f"(torch.cuda.is_available() is False; {remedy}), or set resources.num_gpus: 0 to train on CPUs",
+        params=("resources",),
+    )
 
 
 @ray.remote
@@ -35,9 +54,12 @@ class SweepWorker:
         self._node_ip = ray.util.get_node_ip_address()
         self._node_id = context.get_node_id()
         # An actor without a GPU of its own trains on the CPU even on a GPU node;
-        # with one, the runner takes CUDA when it is usable.
-        device = None if ray.get_gpu_ids() else "cpu"
+        # one given a GPU must be able to use it (require_cuda).
+        gpu_ids = ray.get_gpu_ids()
+        device = None if gpu_ids else "cpu"
         self._runner = BlockRunner(store_path, device=device, node=self._node_ip)
+        if gpu_ids:
+            require_cuda(self._runner, list(gpu_ids), self._node_ip)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
 

@@ -25,7 +25,26 @@ from workers.device import resolve_device
 from workers.masks import block_masks, block_seeds
 from workers.recipe import Recipe, TrainingBlock, build_recipe
 
-__all__ = ["BlockReceipt", "BlockRunner"]
+__all__ = ["BlockReceipt", "BlockRunner", "check_finite_outputs"]
+
+
+def check_finite_outputs(block_id: int, first_row: int, outputs: dict[str, np.ndarray]) -> None:
+    """Fail the block, in one line, when any model's outputs hold NaN or infinity.
+
+    A model that diverged would otherwise store NaN margins, which later make
+    the whole fit refuse; failing the block keeps them out of the store and
+    names the models (store rows) and the output.
+    """
+    for name, values in outputs.items():
+        if name == "masks" or not np.issubdtype(values.dtype, np.floating):
+            continue
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+        if bad.size:
+            rows = ", ".join(str(first_row + int(k)) for k in bad[:5]) + (", ..." if bad.size > 5 else "")
+            raise BlockFailedError(
+                f"block {block_id}: {name} of {bad.size} model(s) (rows {rows}) are not finite: "
+                "training diverged (lower the learning rate, or check the data)"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class BlockRunner:
         unexpected = sorted(set(outputs) - set(store.outputs))
         if unexpected:
             raise BlockFailedError(f"block {block_id}: recipe returned outputs the store does not record: {unexpected}")
+        check_finite_outputs(block_id, rows.start, outputs)
         trained = time.perf_counter()
         written = store.write_block(block_id, {"masks": masks, **outputs})
         done = time.perf_counter()

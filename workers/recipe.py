@@ -78,6 +78,11 @@ class Recipe(ABC):
     #: ``train_block`` result also holds ``masks`` [K, N_train], which are stored
     #: instead of the generated ones.
     provides_masks: ClassVar[bool] = False
+    #: True for recipes whose work runs on the device they are given (all that
+    #: train): a worker given a GPU refuses to start such a recipe where torch
+    #: cannot use CUDA, instead of training on the CPU unnoticed. The recipes
+    #: that compute nothing (``noop``, ``faulty``) set it False.
+    trains_on_device: ClassVar[bool] = True
 
     def __init__(self, params: RecipeParams) -> None:
         self.params = params
@@ -111,6 +116,8 @@ BUILTIN_RECIPES: Mapping[str, str] = {
     "mnist1d-cnn": "workers.recipes.mnist1d_cnn:Mnist1dCnn",
     "digits-mlp": "workers.recipes.digits_mlp:DigitsMlp",
     "cifar10-resnet9": "workers.recipes.cifar10_resnet9:Cifar10Resnet9",
+    "cifar10-airbench": "workers.recipes.cifar10_airbench:Cifar10Airbench",
+    "fmow-resnet9": "workers.recipes.fmow_resnet9:FmowResnet9",
     "legacy": "workers.recipes.legacy:LegacyScript",
     "noop": "workers.recipes.noop:NoopRecipe",
     "faulty": "workers.recipes.faulty:FaultyRecipe",

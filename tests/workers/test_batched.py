@@ -8,6 +8,7 @@ import torch
 
 from storage.errors import BlockFailedError
 from workers.batched import (
+    MIRROR_VIEWS,
     GroupedLinear,
     TrainConfig,
     fit_stack,
@@ -17,9 +18,8 @@ from workers.batched import (
     run_in_parts,
     subset_positions,
 )
-from workers.recipes.cifar10_resnet9 import _Stack as Resnet9Stack
-from workers.recipes.cifar10_resnet9 import apply_crop_flip, draw_crop_flip
-from workers.batched.train import Augmentation
+from workers.batched import CropFlip, shift_and_flip
+from workers.recipes.cifar10_resnet9 import Resnet9Stack
 
 
 def test_grouped_linear_equals_per_model_linear() -> None:
@@ -51,7 +51,7 @@ def test_resnet9_stack_trained_batched_equals_alone_exactly_in_float64() -> None
         masks[k, rng.permutation(24)[:12]] = True
     seeds = np.array([5, 6, 7])
     config = TrainConfig(epochs=2, batch_size=4, lr=0.05, weight_decay=5e-4, label_smoothing=0.1)
-    augmentation = Augmentation(draw=draw_crop_flip, apply=apply_crop_flip)
+    augmentation = CropFlip(pad=4)
 
     def train(rows: slice) -> torch.Tensor:
         generators = model_generators(seeds[rows])
@@ -61,7 +61,7 @@ def test_resnet9_stack_trained_batched_equals_alone_exactly_in_float64() -> None
         positions = torch.as_tensor(subset_positions(masks[rows]))
         fit_stack(stack, x_train=x, y_train=y, positions=positions, generators=generators, config=config,
                   augmentation=augmentation)
-        return predict_logits(stack, x, num_models=len(generators), flip_average=True)
+        return predict_logits(stack, x, num_models=len(generators), views=MIRROR_VIEWS)
 
     together = train(slice(0, 3))
     for k in range(3):
@@ -71,10 +71,10 @@ def test_resnet9_stack_trained_batched_equals_alone_exactly_in_float64() -> None
 def test_crop_flip_moves_pixels_per_model() -> None:
     x = torch.arange(2 * 1 * 3 * 32 * 32, dtype=torch.float32).view(2, 1, 3, 32, 32)
     draws = torch.tensor([[[0, 4, 4]], [[1, 4, 4]]])  # centre crops; the second flipped
-    out = apply_crop_flip(x, draws)
+    out = shift_and_flip(x, draws, 4)
     assert torch.equal(out[0], x[0])
     assert torch.equal(out[1], x[1].flip(-1))
-    shifted = apply_crop_flip(x[:1], torch.tensor([[[0, 5, 4]]]))
+    shifted = shift_and_flip(x[:1], torch.tensor([[[0, 5, 4]]]), 4)
     assert torch.equal(shifted[0, 0, :, :31], x[0, 0, :, 1:])
 
 

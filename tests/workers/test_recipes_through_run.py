@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from fake_cifar10 import write_fake_cifar10
+from fake_fmow import write_fake_fmow
 from helpers import write_script
 from typer.testing import CliRunner
 
@@ -35,11 +36,16 @@ def run_spec(tmp_path: Path, recipe: dict[str, Any], *, num_models: int = 8, blo
     [
         ("digits-mlp", {"epochs": 2, "hidden": 16, "n_train": 300}, 300),
         ("cifar10-resnet9", {"width": 4, "epochs": 1, "batch_size": 8, "lr": 0.05}, 40),
+        ("cifar10-airbench", {"dataset": "digits32", "n_train": 64, "n_test": 16, "widths": [4, 8, 8],
+                              "batch_size": 16, "epochs": 1, "whiten_images": 16}, 64),
+        ("fmow-resnet9", {"image_size": 16, "width": 4, "epochs": 1, "batch_size": 4}, 12),
     ],
 )
 def test_trained_recipe_through_run(ray_session, tmp_path: Path, name: str, params: dict, n_train: int) -> None:
     if name == "cifar10-resnet9":
         params = {**params, "data_dir": str(write_fake_cifar10(tmp_path / "cifar"))}
+    if name == "fmow-resnet9":
+        params = {**params, "data_dir": str(write_fake_fmow(tmp_path / "wilds"))}
     result = run_spec(tmp_path, {"name": name, "params": params})
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["completed_blocks"] == 2
@@ -47,7 +53,7 @@ def test_trained_recipe_through_run(ray_session, tmp_path: Path, name: str, para
     masks = store.read("masks", slice(0, 8))
     assert masks.shape == (8, n_train) and (masks.sum(1) == round(0.5 * n_train)).all()
     margins = store.read("margins/test", slice(0, 8))
-    assert np.isfinite(margins).all() and margins.std() > 0
+    assert np.isfinite(margins).all() and margins.astype(np.float32).std() > 0
 
 
 def test_legacy_script_through_run(ray_session, tmp_path: Path) -> None:
@@ -79,3 +85,15 @@ def test_legacy_bad_shapes_fail_their_block_cleanly(ray_session, tmp_path: Path)
     status = CliRunner().invoke(app, ["status", str(tmp_path / "sweep.zarr"), "--json"])
     assert status.exit_code == 0
     assert "margins has shape (5, 2)" in status.stdout
+
+
+def test_diverging_models_fail_their_block_and_write_nothing(ray_session, tmp_path: Path) -> None:
+    # SGD at lr 1e30 overflows: every model's margins are NaN, and no block is stored.
+    recipe = {"name": "digits-mlp", "params": {"epochs": 1, "hidden": 8, "n_train": 100, "optimizer": "sgd", "lr": 1e30}}
+    result = run_spec(tmp_path, recipe, retries=0)
+    assert result.exit_code == 1, result.stderr
+    assert json.loads(result.stdout)["failed_blocks"] == [0, 1]
+    store = SweepStore.open(tmp_path / "sweep.zarr")
+    assert store.ledger.completed_blocks().tolist() == []
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "sweep.zarr"), "--json"])
+    assert "are not finite: training diverged" in status.stdout

@@ -2,36 +2,51 @@
 
 A subclass supplies its data (:meth:`StackedRecipe.load_arrays`), its network
 (:meth:`StackedRecipe.build_stack`) and its training settings; this base class
-does the rest the same way for every such recipe: data resident on the device,
-per-model generators, automatic splitting of large blocks, margins and logits.
+does the rest the same way for every such recipe: the device's fast paths
+(:func:`workers.batched.configure_backend`), data resident on the device (bf16
+on CUDA, channels-last for images), one stack per block size built once and
+reused block after block (compiled once where ``torch.compile`` pays),
+per-model generators, automatic splitting of blocks that do not fit, and
+margins and logits from a float32 head.
 """
 
 from __future__ import annotations
 
+import gc
+import time
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from storage.errors import BlockFailedError
 from workers.batched import (
+    PLAIN_VIEW,
+    ActivationBudget,
     Augmentation,
+    CompileSetting,
+    ParamGroup,
+    TestView,
     TrainConfig,
+    configure_backend,
     fit_stack,
     init_stack,
     model_generators,
     predict_logits,
     run_in_parts,
     subset_positions,
+    use_compile,
 )
+from workers.batched.train import Forward
 from workers.margins import margins_from_logits
 from workers.recipe import Recipe, RecipeParams, TrainingBlock
 
-__all__ = ["StackedParams", "SmallModelParams", "ArrayDataset", "StackedRecipe"]
+__all__ = ["StackedParams", "SmallModelParams", "ArrayDataset", "StackedRecipe", "PartTimings"]
 
 
 class StackedParams(RecipeParams):
@@ -46,6 +61,18 @@ class StackedParams(RecipeParams):
         None, ge=1, description="train at most this many models at once (None: the whole block, halved on OOM)"
     )
     eval_batch_size: int = Field(1000, ge=1, description="examples per forward pass when computing outputs")
+    torch_compile: CompileSetting = Field(
+        "auto", description="run the stack through torch.compile: auto (on CUDA where it pays), on, off"
+    )
+    max_activation_mib: float | None = Field(
+        None, gt=0, description="split a block whose training step saves more than this for backward (MiB)"
+    )
+
+    @model_validator(mode="after")
+    def _budget_needs_eager(self) -> StackedParams:
+        if self.max_activation_mib is not None and self.torch_compile == "on":
+            raise ValueError("max_activation_mib counts eager autograd only: use torch_compile 'auto' or 'off'")
+        return self
 
     def train_config(self, **recipe_specific: object) -> TrainConfig:
         """The trainer's settings from the shared fields, plus what the recipe fixes or adds."""
@@ -67,21 +94,40 @@ class SmallModelParams(StackedParams):
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """A classification dataset as arrays: ``x`` float32 [N, C, *S], ``y`` int64 [N]."""
+    """A classification dataset as arrays: ``x`` [N, C, *S] float32, ``y`` int64 [N].
+
+    Images may instead come as uint8 with per-channel ``mean`` and ``std`` (of
+    the pixels scaled to [0, 1]): they are then normalised on the device at
+    setup, chunk by chunk, so the host never holds a float32 copy.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+
+@dataclass
+class PartTimings:
+    """Seconds spent per phase, summed over a block's parts (device work included)."""
+
+    prepare: float = 0.0
+    train: float = 0.0
+    evaluate: float = 0.0
+    models: int = 0
 
 
 class StackedRecipe(Recipe):
     """A recipe that trains K copies of one network with stacked parameters."""
 
     supported_outputs = frozenset({"margins/test", "margins/train", "logits/test"})
-    #: Average test logits over the input and its mirror image (image recipes).
-    flip_average: bool = False
+    #: Inputs are images [N, C, H, W] kept and fed channels-last.
+    channels_last: ClassVar[bool] = False
+    #: ``torch_compile="auto"`` compiles this network on CUDA.
+    compile_pays_on_cuda: ClassVar[bool] = False
 
     def __init__(self, params: RecipeParams) -> None:
         super().__init__(params)
@@ -90,6 +136,11 @@ class StackedRecipe(Recipe):
         # The largest number of models that fit in memory at once, learnt from
         # out-of-memory retries so later blocks do not pay for them again.
         self._part_limit: int | None = None
+        self._compile = False
+        # One stack (and its compiled form) for the last part size: rebuilt
+        # only when the size changes, so compilation is paid once per size.
+        self._cached: tuple[int, nn.Module, Forward] | None = None
+        self.last_timings = PartTimings()
 
     @abstractmethod
     def load_arrays(self) -> ArrayDataset:
@@ -107,15 +158,47 @@ class StackedRecipe(Recipe):
         """Per-model random augmentation of training batches (default: none)."""
         return None
 
+    def param_groups(self, stack: nn.Module) -> Sequence[ParamGroup]:
+        """Parameters with their own learning-rate scale or decay (default: none)."""
+        return ()
+
+    def test_views(self) -> tuple[TestView, ...]:
+        """Test-time views whose logits are averaged (default: the plain input)."""
+        return PLAIN_VIEW
+
+    def prepare_stack(self, stack: nn.Module, *, x_train: torch.Tensor, positions: torch.Tensor) -> None:
+        """Set what depends on model ``k``'s data ``x_train[positions[k]]``, after the random init (default: nothing)."""
+
     def setup(self, device: str) -> None:
-        data = self.load_arrays()
         self._device = torch.device(device)
+        configure_backend(self._device)
+        p = self.params
+        # The activation budget counts what eager autograd saves: with one, "auto" stays eager.
+        budgeted = getattr(p, "max_activation_mib", None) is not None
+        setting = getattr(p, "torch_compile", "off")
+        self._compile = use_compile("off" if budgeted and setting == "auto" else setting, self._device,
+                                    pays_on_cuda=self.compile_pays_on_cuda)
+        data = self.load_arrays()
+        # bf16 on CUDA: autocast casts inputs to bf16 anyway, so this halves the
+        # memory and the gathers for nothing lost. Images are kept channels-last.
+        dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
+
+        def resident(x: np.ndarray) -> torch.Tensor:
+            if x.dtype == np.uint8 and data.mean is not None and data.std is not None:
+                tensor = _normalised_on(self._device, x, data.mean, data.std, dtype)
+            else:
+                tensor = torch.as_tensor(x).to(self._device, dtype)
+            return tensor.contiguous(memory_format=torch.channels_last) if self._is_image(tensor) else tensor
+
         self._tensors = {
-            "x_train": torch.as_tensor(data.x_train, dtype=torch.float32).to(self._device),
+            "x_train": resident(data.x_train),
             "y_train": torch.as_tensor(data.y_train, dtype=torch.int64).to(self._device),
-            "x_test": torch.as_tensor(data.x_test, dtype=torch.float32).to(self._device),
+            "x_test": resident(data.x_test),
             "y_test": torch.as_tensor(data.y_test, dtype=torch.int64).to(self._device),
         }
+
+    def _is_image(self, tensor: torch.Tensor) -> bool:
+        return self.channels_last and tensor.dim() == 4
 
     def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
         if self._device is None:
@@ -133,6 +216,7 @@ class StackedRecipe(Recipe):
             )
         device = self._device
         limits = [v for v in (getattr(self.params, "models_per_pass", None), self._part_limit) if v is not None]
+        self.last_timings = PartTimings()
         # Models train together only when their subsets have the same size (equal
         # step counts). Generated masks always do; explicit masks files may not,
         # so such blocks train one group of equal sizes after another.
@@ -155,17 +239,34 @@ class StackedRecipe(Recipe):
                 results[name][rows] = values
         return results
 
+    def _stack_for(self, num_models: int, device: torch.device) -> tuple[nn.Module, Forward]:
+        """The stack for ``num_models`` models on ``device``, and what runs it."""
+        if self._cached is not None and self._cached[0] == num_models:
+            return self._cached[1], self._cached[2]
+        self._cached = None  # free the old size's parameters before building the new one
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        stack = self.build_stack(num_models).to(device, memory_format=layout)
+        run: Forward = torch.compile(stack) if self._compile else stack  # type: ignore[assignment]
+        self._cached = (num_models, stack, run)
+        return stack, run
+
     def _train_part(
         self, masks: np.ndarray, seeds: np.ndarray, outputs: tuple[str, ...], *, device: torch.device
     ) -> dict[str, np.ndarray]:
         """Train the models of ``masks`` [k, N_train] / ``seeds`` [k] and compute ``outputs``."""
+        clock = _DeviceClock(device)
         num_models = masks.shape[0]
+        stack, run = self._stack_for(num_models, device)
         generators = model_generators(seeds)
-        stack = self.build_stack(num_models)
         init_stack(stack, generators)
-        stack.to(device)
         positions = torch.as_tensor(subset_positions(masks)).to(device)
+        self.prepare_stack(stack, x_train=self._tensors["x_train"], positions=positions)
+        prepared = clock.now()
         t = self._tensors
+        max_mib = getattr(self.params, "max_activation_mib", None)
         fit_stack(
             stack,
             x_train=t["x_train"],
@@ -174,18 +275,63 @@ class StackedRecipe(Recipe):
             generators=generators,
             config=self.train_config(),
             augmentation=self.augmentation(),
+            groups=self.param_groups(stack),
+            forward=run,
+            channels_last=self.channels_last,
+            budget=ActivationBudget(int(max_mib * 2**20)) if max_mib is not None else None,
         )
+        trained = clock.now()
+        result = self._evaluate(stack, run, num_models, outputs)
+        timings = self.last_timings
+        timings.prepare += prepared - clock.start
+        timings.train += trained - prepared
+        timings.evaluate += clock.now() - trained
+        timings.models += num_models
+        return result
+
+    def _evaluate(
+        self, stack: nn.Module, run: Forward, num_models: int, outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        t = self._tensors
         eval_batch = int(getattr(self.params, "eval_batch_size", 1000))
+
+        def logits_on(x: torch.Tensor) -> torch.Tensor:
+            return predict_logits(stack, x, num_models=num_models, batch_size=eval_batch, views=self.test_views(),
+                                  forward=run, channels_last=self._is_image(x))
+
         result: dict[str, np.ndarray] = {}
-        test_logits = predict_logits(
-            stack, t["x_test"], num_models=num_models, batch_size=eval_batch, flip_average=self.flip_average
-        )
+        test_logits = logits_on(t["x_test"])
         result["margins/test"] = margins_from_logits(test_logits, t["y_test"]).cpu().numpy().astype(np.float32)
         if "logits/test" in outputs:
             result["logits/test"] = test_logits.cpu().numpy().astype(np.float32)
         if "margins/train" in outputs:
-            train_logits = predict_logits(
-                stack, t["x_train"], num_models=num_models, batch_size=eval_batch, flip_average=self.flip_average
-            )
+            train_logits = logits_on(t["x_train"])
             result["margins/train"] = margins_from_logits(train_logits, t["y_train"]).cpu().numpy().astype(np.float32)
         return {name: result[name] for name in outputs}
+
+
+def _normalised_on(
+    device: torch.device, images: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype: torch.dtype, chunk: int = 4096
+) -> torch.Tensor:
+    """uint8 images [N, C, *S] → ``(x / 255 - mean) / std`` on ``device`` in ``dtype``, a chunk at a time."""
+    shape = (1, -1) + (1,) * (images.ndim - 2)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(shape)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(shape)
+    out = torch.empty(images.shape, dtype=dtype, device=device)
+    for start in range(0, len(images), chunk):
+        part = torch.as_tensor(images[start : start + chunk]).to(device).float()
+        out[start : start + chunk] = ((part / 255.0 - m) / s).to(dtype)
+    return out
+
+
+class _DeviceClock:
+    """Wall-clock seconds that include the device's queued work (synchronises CUDA before reading)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self.start = self.now()
+
+    def now(self) -> float:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return time.perf_counter()

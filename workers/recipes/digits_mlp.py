@@ -11,13 +11,12 @@ Network, per model: linear(64→h) ReLU linear(h→h) ReLU linear(h→10), Adam.
 
 from __future__ import annotations
 
-
 import numpy as np
 from pydantic import Field
 from torch import nn
 
 from storage.layout import DatasetInfo
-from workers.batched import GroupedLinear
+from workers.batched import FullPrecision, GroupedLinear
 from workers.recipes._stacked import ArrayDataset, SmallModelParams, StackedRecipe
 
 __all__ = ["DigitsMlpParams", "DigitsMlp", "digits_split"]
@@ -72,5 +71,5 @@ class DigitsMlp(StackedRecipe):
             nn.ReLU(),
             GroupedLinear(num_models, h, h),
             nn.ReLU(),
-            GroupedLinear(num_models, h, _N_CLASSES),
+            FullPrecision(GroupedLinear(num_models, h, _N_CLASSES)),
         )
