@@ -183,8 +183,10 @@ class GroupedLinear(BatchedModule):
 
     Shapes
     ------
-    input ``[B, K*in_features]`` → output ``[B, K*out_features]``.
-    Parameters ``weight [K, out, in]``, ``bias [K, out]``.
+    input ``[B, K*in_features]`` → output ``[B, K*out_features]``; or per-model
+    input ``[K, B, in_features]`` → output ``[K, B, out_features]`` (no layout
+    change on either side: the form a head takes when its features were copied
+    model-major anyway). Parameters ``weight [K, out, in]``, ``bias [K, out]``.
     """
 
     def __init__(self, num_models: int, in_features: int, out_features: int, *, bias: bool = True) -> None:
@@ -201,14 +203,17 @@ class GroupedLinear(BatchedModule):
                 self.bias[k].copy_(_uniform((self.out_features,), bound, generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return self.per_model(x, self.weight)
         batch = x.shape[0]
-        # [K, B, in] @ [K, in, out] -> [K, B, out]: one bmm for all models.
         xk = x.reshape(batch, self.num_models, self.in_features).transpose(0, 1)
+        return self.per_model(xk, self.weight).transpose(0, 1).reshape(batch, self.num_models * self.out_features)
+
+    def per_model(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``[K, B, in]`` @ ``weight [K, out, in]``ᵀ + bias → ``[K, B, out]``: one bmm for all models."""
         if self.bias is None:
-            y = torch.bmm(xk, self.weight.transpose(1, 2))
-        else:
-            y = torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight.transpose(1, 2))
-        return y.transpose(0, 1).reshape(batch, self.num_models * self.out_features)
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 class FullPrecision(nn.Module):
