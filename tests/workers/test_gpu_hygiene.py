@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,12 @@ from workers.batched import (
     FullPrecision,
     GroupedLinear,
     configure_backend,
+    cpu_has_amx,
     init_stack,
     is_out_of_memory,
     keep_host_allocations,
     model_generators,
+    training_dtype,
     use_compile,
 )
 from workers.block_runner import check_finite_outputs
@@ -55,8 +58,10 @@ def test_activation_budget_splits_a_block_into_parts_that_fit() -> None:
     with probe.step():
         stack(torch.zeros(32, 1, 1, 40)).sum()
     one_model_mib = probe.peak_bytes / 2**20
-    budgeted = build_recipe("mnist1d-cnn", {**MNIST_TINY, "max_activation_mib": 1.5 * one_model_mib})
-    plain = build_recipe("mnist1d-cnn", MNIST_TINY)
+    # The probe measured a float32 step (bf16 autocast, "auto" on AMX CPUs, saves about half).
+    float32 = {**MNIST_TINY, "cpu_precision": "float32"}
+    budgeted = build_recipe("mnist1d-cnn", {**float32, "max_activation_mib": 1.5 * one_model_mib})
+    plain = build_recipe("mnist1d-cnn", float32)
     for recipe in (budgeted, plain):
         recipe.setup("cpu")
     block = make_block(200, rows=range(4))
@@ -117,6 +122,22 @@ def test_compile_decision_and_backend() -> None:
     assert use_compile("on", cpu, pays_on_cuda=False) and not use_compile("off", cuda, pays_on_cuda=True)
     configure_backend(cpu)
     assert keep_host_allocations() is True  # glibc Linux (the CI machine)
+
+
+def test_training_dtype_decision() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert training_dtype(cuda, "float32", bf16_pays_on_amx=False) == torch.bfloat16  # CUDA: always bf16 autocast
+    assert training_dtype(cpu, "float32", bf16_pays_on_amx=True) == torch.float32
+    assert training_dtype(cpu, "bfloat16", bf16_pays_on_amx=False) == torch.bfloat16
+    assert training_dtype(cpu, "auto", bf16_pays_on_amx=False) == torch.float32
+    auto = training_dtype(cpu, "auto", bf16_pays_on_amx=True)
+    assert auto == (torch.bfloat16 if cpu_has_amx() else torch.float32)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and "amx_tile" not in cpuinfo.read_text().split():
+        assert not cpu_has_amx()  # AMD EPYC, older Xeons: float32 under "auto"
+    recipe = build_recipe("mnist1d-cnn", MNIST_TINY)
+    recipe.setup("cpu")
+    assert recipe._dtype == auto
 
 
 def test_data_resident_channels_last_for_image_recipes() -> None:

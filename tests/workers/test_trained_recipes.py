@@ -19,7 +19,8 @@ from workers.recipe import Recipe, TrainingBlock, build_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 TINY: dict[str, dict[str, Any]] = {
-    "mnist1d-cnn": {"epochs": 2, "width": 8, "n_train": 400, "n_test": 100},
+    # float32, the reference ("auto" trains mnist1d-cnn under bf16 on CPUs with AMX; tested below).
+    "mnist1d-cnn": {"epochs": 2, "width": 8, "n_train": 400, "n_test": 100, "cpu_precision": "float32"},
     "digits-mlp": {"epochs": 2, "hidden": 16, "n_train": 300},
     "cifar10-resnet9": {"width": 4, "epochs": 1, "batch_size": 8, "lr": 0.05},
 }
@@ -103,6 +104,24 @@ def test_same_seed_same_margins_across_processes(recipes: dict[str, Recipe], tmp
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no oneDNN bf16 path")
+def test_mnist1d_under_cpu_bf16_autocast_batched_equals_alone(recipes: dict[str, Recipe]) -> None:
+    """The bf16 path (``cpu_precision`` "bfloat16", or "auto" on AMX) keeps models independent and deterministic."""
+    recipe = build_recipe("mnist1d-cnn", {**TINY["mnist1d-cnn"], "cpu_precision": "bfloat16"})
+    recipe.setup("cpu")
+    assert recipe._dtype == torch.bfloat16
+    block = make_block(400, rows=range(3, 6))
+    together = margins(recipe, block)
+    np.testing.assert_array_equal(margins(recipe, block), together)
+    alone = np.stack([margins(recipe, single_model_block(block, k))[0] for k in range(3)])
+    scale = float(np.abs(together).max())
+    np.testing.assert_allclose(alone, together, atol=1e-4 * scale)
+    reference = margins(recipes["mnist1d-cnn"], block)
+    # Really another arithmetic (bf16 convolutions), and still the same models.
+    assert not np.allclose(together, reference, atol=1e-4 * scale)
+    assert np.corrcoef(together.ravel(), reference.ravel())[0, 1] > 0.95
 
 
 def test_models_per_pass_changes_nothing(cifar_dir: Path, recipes: dict[str, Recipe]) -> None:

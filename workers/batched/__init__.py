@@ -8,7 +8,15 @@ See :mod:`workers.batched.layers` for the grouped layout,
 from __future__ import annotations
 
 from workers.batched.augment import Augmentation, CropFlip, FlipTranslate, shift_and_flip
-from workers.batched.backend import CompileSetting, configure_backend, keep_host_allocations, use_compile
+from workers.batched.backend import (
+    CompileSetting,
+    CpuPrecision,
+    configure_backend,
+    cpu_has_amx,
+    keep_host_allocations,
+    training_dtype,
+    use_compile,
+)
 from workers.batched.config import Lookahead, ParamGroup, TrainConfig, lr_factor, total_steps
 from workers.batched.layers import (
     BatchedModule,
@@ -42,8 +50,11 @@ __all__ = [
     "FlipTranslate",
     "shift_and_flip",
     "CompileSetting",
+    "CpuPrecision",
     "configure_backend",
+    "cpu_has_amx",
     "keep_host_allocations",
+    "training_dtype",
     "use_compile",
     "Lookahead",
     "ParamGroup",

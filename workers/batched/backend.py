@@ -12,6 +12,10 @@ stacked recipes' ``setup``), not around each call:
   and TF32 there would round its inputs to 10 bits, coarser than the float16 store.
 * CPU: glibc keeps freed activation buffers for reuse
   (:func:`keep_host_allocations`).
+
+Which arithmetic a stack trains in (:func:`training_dtype`) is decided here
+too: bf16 autocast on CUDA; on the CPU float32, or bf16 autocast on CPUs with
+AMX tiles for the recipes that measured it pays there.
 """
 
 from __future__ import annotations
@@ -23,9 +27,18 @@ from typing import Literal
 
 import torch
 
-__all__ = ["CompileSetting", "configure_backend", "keep_host_allocations", "use_compile"]
+__all__ = [
+    "CompileSetting",
+    "CpuPrecision",
+    "configure_backend",
+    "cpu_has_amx",
+    "keep_host_allocations",
+    "training_dtype",
+    "use_compile",
+]
 
 CompileSetting = Literal["auto", "on", "off"]
+CpuPrecision = Literal["auto", "float32", "bfloat16"]
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -95,3 +108,37 @@ def use_compile(setting: CompileSetting, device: torch.device, *, pays_on_cuda: 
     if setting == "off":
         return False
     return device.type == "cuda" and pays_on_cuda
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles that the process may use (Intel Sapphire Rapids and later).
+
+    oneDNN then runs bf16 convolutions and matmuls on the tile units, several
+    times the float32 FMA rate; without AMX (AMD EPYC, older Xeons) bf16 is
+    converted on the vector units and gains little or nothing.
+    """
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+def training_dtype(device: torch.device, cpu_precision: CpuPrecision, *, bf16_pays_on_amx: bool) -> torch.dtype:
+    """The dtype a recipe's stack trains and predicts in under autocast on ``device``.
+
+    CUDA always trains under bf16 autocast. On the CPU, ``"float32"`` is plain
+    float32 (the reference), ``"bfloat16"`` is bf16 autocast, and ``"auto"`` is
+    bf16 autocast on a CPU with AMX for the recipes that measured it pays
+    there (``bf16_pays_on_amx``: ``mnist1d-cnn``, see docs/benchmarks.md) and
+    float32 everywhere else. Either way the
+    head that computes the stored logits runs in float32
+    (:class:`~workers.batched.layers.FullPrecision`).
+    """
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type != "cpu" or cpu_precision == "float32":
+        return torch.float32
+    if cpu_precision == "bfloat16" or (bf16_pays_on_amx and cpu_has_amx()):
+        return torch.bfloat16
+    return torch.float32

@@ -108,11 +108,16 @@ def subset_positions(masks: np.ndarray) -> np.ndarray:
     return np.nonzero(masks)[1].reshape(masks.shape[0], int(counts[0])).astype(np.int64)
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slow and inexact)."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: torch.device, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager[object]:
+    """Autocast to ``dtype`` on ``device`` (float32: none); by default bf16 on CUDA and float32 elsewhere.
+
+    See :func:`workers.batched.backend.training_dtype` for what the recipes pass.
+    """
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _optimizer(
@@ -167,6 +172,7 @@ def fit_stack(
     forward: Forward | None = None,
     channels_last: bool = False,
     budget: ActivationBudget | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Train the K models of ``stack`` in place, model ``k`` on ``positions[k]``.
 
@@ -185,6 +191,7 @@ def fit_stack(
     forward : what runs the stack (its compiled form); ``stack`` itself by default.
     channels_last : build each batch in channels-last memory order (4-D inputs).
     budget : bound on what one step saves for backward (raises torch's OOM error).
+    dtype : the autocast dtype (:func:`autocast_for`; default: bf16 on CUDA, float32 elsewhere).
 
     Notes
     -----
@@ -221,7 +228,7 @@ def fit_stack(
             for group, spec in zip(optimizer.param_groups, specs):
                 stopped = spec.until_epoch is not None and epoch >= spec.until_epoch
                 group["lr"] = 0.0 if stopped else config.lr * spec.lr_scale * factor
-            with autocast_for(device), budget.step() if budget is not None else contextlib.nullcontext():
+            with autocast_for(device, dtype), budget.step() if budget is not None else contextlib.nullcontext():
                 logits = from_grouped(run(to_grouped(xb, channels_last=channels_last)), num_models)
                 losses = F.cross_entropy(
                     logits.float().reshape(-1, logits.shape[-1]),
@@ -250,6 +257,7 @@ def predict_logits(
     views: Sequence[TestView] = PLAIN_VIEW,
     forward: Forward | None = None,
     channels_last: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Logits of all K models on the same examples, averaged over test-time views.
 
@@ -262,6 +270,7 @@ def predict_logits(
     views : weighted views of each batch (:data:`MIRROR_VIEWS` for a test-time flip).
     forward : what runs the stack (its compiled form); ``stack`` itself by default.
     channels_last : feed the stack channels-last batches (4-D inputs).
+    dtype : the autocast dtype, as in :func:`fit_stack`.
 
     Returns
     -------
@@ -270,7 +279,7 @@ def predict_logits(
     run = forward or stack
     stack.eval()
     chunks = []
-    with torch.inference_mode(), autocast_for(x.device):
+    with torch.inference_mode(), autocast_for(x.device, dtype):
         for start in range(0, x.shape[0], batch_size):
             # Every model sees the same examples, repeated along the channel axis.
             grouped = repeat_for_models(x[start : start + batch_size], num_models, channels_last=channels_last)

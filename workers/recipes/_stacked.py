@@ -30,6 +30,7 @@ from workers.batched import (
     ActivationBudget,
     Augmentation,
     CompileSetting,
+    CpuPrecision,
     ParamGroup,
     TestView,
     TrainConfig,
@@ -40,6 +41,7 @@ from workers.batched import (
     predict_logits,
     run_in_parts,
     subset_positions,
+    training_dtype,
     use_compile,
 )
 from workers.batched.train import Forward
@@ -63,6 +65,11 @@ class StackedParams(RecipeParams):
     eval_batch_size: int = Field(1000, ge=1, description="examples per forward pass when computing outputs")
     torch_compile: CompileSetting = Field(
         "auto", description="run the stack through torch.compile: auto (on CUDA where it pays), on, off"
+    )
+    cpu_precision: CpuPrecision = Field(
+        "auto",
+        description="CPU arithmetic: float32, bfloat16 (autocast), or auto (bfloat16 on CPUs with AMX for the "
+        "recipes where it was measured to pay, float32 elsewhere); CUDA always trains under bf16 autocast",
     )
     max_activation_mib: float | None = Field(
         None, gt=0, description="split a block whose training step saves more than this for backward (MiB)"
@@ -128,6 +135,8 @@ class StackedRecipe(Recipe):
     channels_last: ClassVar[bool] = False
     #: ``torch_compile="auto"`` compiles this network on CUDA.
     compile_pays_on_cuda: ClassVar[bool] = False
+    #: ``cpu_precision="auto"`` trains this network under bf16 autocast on CPUs with AMX.
+    bf16_pays_on_amx: ClassVar[bool] = False
 
     def __init__(self, params: RecipeParams) -> None:
         super().__init__(params)
@@ -137,6 +146,7 @@ class StackedRecipe(Recipe):
         # out-of-memory retries so later blocks do not pay for them again.
         self._part_limit: int | None = None
         self._compile = False
+        self._dtype = torch.float32  # the autocast dtype of training and prediction (training_dtype)
         # One stack (and its compiled form) for the last part size: rebuilt
         # only when the size changes, so compilation is paid once per size.
         self._cached: tuple[int, nn.Module, Forward] | None = None
@@ -178,6 +188,8 @@ class StackedRecipe(Recipe):
         setting = getattr(p, "torch_compile", "off")
         self._compile = use_compile("off" if budgeted and setting == "auto" else setting, self._device,
                                     pays_on_cuda=self.compile_pays_on_cuda)
+        self._dtype = training_dtype(self._device, getattr(p, "cpu_precision", "float32"),
+                                     bf16_pays_on_amx=self.bf16_pays_on_amx)
         data = self.load_arrays()
         # bf16 on CUDA: autocast casts inputs to bf16 anyway, so this halves the
         # memory and the gathers for nothing lost. Images are kept channels-last.
@@ -283,6 +295,7 @@ class StackedRecipe(Recipe):
             forward=run,
             channels_last=self.channels_last,
             budget=ActivationBudget(int(max_mib * 2**20)) if max_mib is not None else None,
+            dtype=self._dtype,
         )
         trained = clock.now()
         result = self._evaluate(stack, run, num_models, outputs)
@@ -301,7 +314,7 @@ class StackedRecipe(Recipe):
 
         def logits_on(x: torch.Tensor) -> torch.Tensor:
             return predict_logits(stack, x, num_models=num_models, batch_size=eval_batch, views=self.test_views(),
-                                  forward=run, channels_last=self._is_image(x))
+                                  forward=run, channels_last=self._is_image(x), dtype=self._dtype)
 
         result: dict[str, np.ndarray] = {}
         test_logits = logits_on(t["x_test"])

@@ -138,6 +138,7 @@ class Mnist1dCnn(StackedRecipe):
     Params = Mnist1dCnnParams
     params: Mnist1dCnnParams
     channels_last = True
+    bf16_pays_on_amx = True
 
     def dataset_info(self) -> DatasetInfo:
         # The sizes are fixed by the standard split; no need to generate the data.
