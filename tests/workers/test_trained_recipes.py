@@ -131,6 +131,19 @@ def test_models_per_pass_changes_nothing(cifar_dir: Path, recipes: dict[str, Rec
     np.testing.assert_allclose(margins(split, block), margins(recipes["digits-mlp"], block), atol=1e-5)
 
 
+def test_cpu_blocks_train_in_cache_friendly_parts(recipes: dict[str, Recipe]) -> None:
+    """mnist1d-cnn trains a block of more than 32 models 32 at a time on the CPU, unless told otherwise."""
+    recipe = recipes["mnist1d-cnn"]
+    assert type(recipe).cpu_models_per_pass == 32
+    block = make_block(400, rows=range(34))
+    parts = margins(recipe, block)
+    assert recipe._cached is not None and recipe._cached[0] == 2  # the last part: models 32 and 33
+    whole = build_recipe("mnist1d-cnn", {**TINY["mnist1d-cnn"], "models_per_pass": 34})
+    whole.setup("cpu")
+    np.testing.assert_allclose(margins(whole, block), parts, atol=1e-4 * float(np.abs(parts).max()))
+    assert whole._cached is not None and whole._cached[0] == 34
+
+
 def test_unequal_subset_sizes_train_in_groups(recipes: dict[str, Recipe]) -> None:
     """Explicit masks files may give a block unequal subsets; each model still trains as alone."""
     block = make_block(300, rows=range(3))

@@ -60,7 +60,10 @@ class StackedParams(RecipeParams):
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient by the optimiser")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     models_per_pass: int | None = Field(
-        None, ge=1, description="train at most this many models at once (None: the whole block, halved on OOM)"
+        None,
+        ge=1,
+        description="train at most this many models at once (None: the whole block, or on the CPU the recipe's "
+        "cache-friendly part size; halved on OOM)",
     )
     eval_batch_size: int = Field(1000, ge=1, description="examples per forward pass when computing outputs")
     torch_compile: CompileSetting = Field(
@@ -137,6 +140,10 @@ class StackedRecipe(Recipe):
     compile_pays_on_cuda: ClassVar[bool] = False
     #: ``cpu_precision="auto"`` trains this network under bf16 autocast on CPUs with AMX.
     bf16_pays_on_amx: ClassVar[bool] = False
+    #: On the CPU, blocks train in parts of at most this many models unless
+    #: ``models_per_pass`` says otherwise (None: whole blocks). Past some size a
+    #: step's activations fall out of the core's cache and every model costs more.
+    cpu_models_per_pass: ClassVar[int | None] = None
 
     def __init__(self, params: RecipeParams) -> None:
         super().__init__(params)
@@ -227,7 +234,10 @@ class StackedRecipe(Recipe):
                 f"{n_train} training examples"
             )
         device = self._device
-        limits = [v for v in (getattr(self.params, "models_per_pass", None), self._part_limit) if v is not None]
+        per_pass = getattr(self.params, "models_per_pass", None)
+        if per_pass is None and device.type == "cpu":
+            per_pass = self.cpu_models_per_pass
+        limits = [v for v in (per_pass, self._part_limit) if v is not None]
         self.last_timings = PartTimings()
         # Models train together only when their subsets have the same size (equal
         # step counts). Generated masks always do; explicit masks files may not,
