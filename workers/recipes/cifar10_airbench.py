@@ -86,7 +86,9 @@ class Cifar10AirbenchParams(CifarDataParams):
     translate: int = Field(2, ge=0, le=8, description="random translation in pixels (reflect-padded)")
     lookahead: bool = Field(True, description="lookahead averaging every 5 steps")
     tta_level: int = Field(2, ge=0, le=2, description="test-time views: 0 plain, 1 mirror, 2 mirror and translate")
-    eval_batch_size: int = Field(500, ge=1, description="examples per forward pass when computing outputs")
+    eval_batch_size: int = Field(
+        500, ge=1, description="examples per forward pass when computing outputs (on the CPU, shared by the models)"
+    )
 
 
 class _ConvGroup(nn.Module):
