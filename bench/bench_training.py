@@ -1,12 +1,15 @@
 """Benchmark batched training; prints one JSON document. Never run as a test.
 
-CPU mode (default): ``mnist1d-cnn`` at the recipe's defaults (or ``--params``):
-models/s trained in blocks of 32 and 64 against the same recipe training them
-one at a time (same params, same epochs, same seeds' kind), with the mean test
-accuracy of each. The three are interleaved within every repeat, so a change
+CPU mode (default): ``mnist1d-cnn`` at the recipe's defaults (or ``--params``;
+``'{"cpu_precision": "float32"}'`` for the float32 reference on a CPU where
+"auto" picks bf16): models/s trained in blocks of 32 and 64 against the same
+recipe training them one at a time (same params, same epochs, same seeds'
+kind), with the mean test accuracy of each and the seconds per model in each
+phase of a block. The three are interleaved within every repeat, so a change
 of load on a shared machine hits them alike. ``--probes`` adds the
 measurements of ``training_probes.py`` (convolution layouts, vmap against
-grouped convolutions, threads, torch.compile, the allocator).
+grouped convolutions, the step by block size and precision and operation by
+operation, evaluation passes, threads, torch.compile, the allocator).
 
 GPU mode (``--gpu``; only with CUDA, otherwise a skip line): ``cifar10-airbench``
 and ``cifar10-resnet9`` at their published settings, on CIFAR-shaped data:
@@ -46,7 +49,7 @@ import torch  # noqa: E402
 from machine import cpu_model, git_commit  # noqa: E402  (bench/, next to this script)
 from training_probes import cpu_probes, stack_step, time_cuda  # noqa: E402
 
-from workers.batched import total_steps  # noqa: E402
+from workers.batched import cpu_has_amx, total_steps  # noqa: E402
 from workers.masks import block_masks, block_seeds, subset_size  # noqa: E402
 from workers.recipe import Recipe, TrainingBlock, build_recipe  # noqa: E402
 from workers.recipes.cifar10_airbench import airbench_flops_per_image  # noqa: E402
@@ -111,13 +114,21 @@ def _acc(values: list[float]) -> dict[str, float | int]:
 
 
 def bench_cpu(*, params: dict[str, Any], repeats: int, single_models: int, alpha: float) -> dict[str, Any]:
-    recipe = build_recipe("mnist1d-cnn", params)
+    recipe: Any = build_recipe("mnist1d-cnn", params)
     recipe.setup("cpu")
     n_train = recipe.dataset_info().n_train
     timed_block(recipe, block_of(n_train, range(2), alpha))  # warm-up: allocator, oneDNN kernels
     blocks = (32, 64)
     rates: dict[str, list[float]] = {f"batched_k{k}": [] for k in blocks} | {"one_at_a_time": []}
     accs: dict[str, list[float]] = {name: [] for name in rates}
+    # Seconds per model in each phase of a block (prepare: init; train; evaluate: the outputs).
+    phases: dict[str, dict[str, list[float]]] = {name: {"prepare": [], "train": [], "evaluate": []} for name in rates}
+
+    def record_phases(name: str) -> None:
+        timings = recipe.last_timings
+        for phase in ("prepare", "train", "evaluate"):
+            phases[name][phase].append(getattr(timings, phase) / timings.models)
+
     next_row = 1000
     for _ in range(repeats):
         for k in blocks:
@@ -125,20 +136,25 @@ def bench_cpu(*, params: dict[str, Any], repeats: int, single_models: int, alpha
             next_row += k
             rates[f"batched_k{k}"].append(k / seconds)
             accs[f"batched_k{k}"].extend(acc.tolist())
+            record_phases(f"batched_k{k}")
         start = time.perf_counter()
         for _ in range(single_models):
             _, acc = timed_block(recipe, block_of(n_train, range(next_row, next_row + 1), alpha))
             next_row += 1
             accs["one_at_a_time"].extend(acc.tolist())
+            record_phases("one_at_a_time")
         rates["one_at_a_time"].append(single_models / (time.perf_counter() - start))
     results: dict[str, Any] = {
-        name: {"models_per_s": asdict(Summary.of(values)), "test_accuracy": _acc(accs[name])}
+        name: {"models_per_s": asdict(Summary.of(values)), "test_accuracy": _acc(accs[name]),
+               "seconds_per_model_by_phase": {phase: statistics.fmean(v) for phase, v in phases[name].items()}}
         for name, values in rates.items()
     }
     base = results["one_at_a_time"]["models_per_s"]["mean"]
     for k in blocks:
         results[f"batched_k{k}"]["speedup"] = results[f"batched_k{k}"]["models_per_s"]["mean"] / base
     return {"mode": "cpu", "recipe": "mnist1d-cnn", "params": recipe.params.model_dump(mode="json"),
+            "training_dtype": str(recipe._dtype).removeprefix("torch."), "cpu_has_amx": cpu_has_amx(),
+            "models_per_pass": recipe.params.models_per_pass or recipe.cpu_models_per_pass,
             "alpha": alpha, "repeats": repeats, "single_models_per_repeat": single_models,
             "load_average_at_end": os.getloadavg(), "results": results}
 
