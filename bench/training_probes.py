@@ -1,4 +1,4 @@
-"""Where batched training's time goes: the measurements behind the recipes' layout, precision, part-size and allocator choices.
+"""Where batched training's time goes: what the recipes' layout, precision, part size and allocator rest on.
 
 Imported by ``bench_training.py`` (``--probes`` on the CPU; the step timings of
 ``--gpu``); run as a script only as its own child process for the allocator
@@ -200,8 +200,8 @@ def _bf16_dtypes() -> tuple[torch.dtype, ...]:
 def step_per_model_probe(sizes: tuple[int, ...] = (1, 16, 32, 48, 64)) -> dict[str, float]:
     """CPU milliseconds per model-step of the default mnist1d stack by block size and precision, one thread."""
     torch.set_num_threads(1)
-    return {f"{str(dtype).removeprefix('torch.')}_k{k}_cpu_ms_per_model": _mnist_step_ms(k, 1, dtype=dtype, cpu_time=True)
-            for dtype in _bf16_dtypes() for k in sizes}
+    return {f"{str(dtype).removeprefix('torch.')}_k{k}_cpu_ms_per_model":
+            _mnist_step_ms(k, 1, dtype=dtype, cpu_time=True) for dtype in _bf16_dtypes() for k in sizes}
 
 
 def step_breakdown_probe(num_models: int = 32, top: int = 14) -> dict[str, Any]:
@@ -276,7 +276,7 @@ def threads_probe() -> dict[str, float]:
 
 
 def compile_probe() -> dict[str, float]:
-    """Eager against compiled K=64 float32 mnist1d steps on one thread (CPU ms per model-step), and the compile seconds."""
+    """Eager against compiled K=64 float32 mnist1d steps, one thread (CPU ms per model-step); the compile seconds."""
     torch.set_num_threads(1)
     eager = _mnist_step_ms(64, 1, cpu_time=True)
     start = time.perf_counter()

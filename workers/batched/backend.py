@@ -27,15 +27,8 @@ from typing import Literal
 
 import torch
 
-__all__ = [
-    "CompileSetting",
-    "CpuPrecision",
-    "configure_backend",
-    "cpu_has_amx",
-    "keep_host_allocations",
-    "training_dtype",
-    "use_compile",
-]
+__all__ = ["CompileSetting", "CpuPrecision", "configure_backend", "cpu_has_amx", "keep_host_allocations",
+           "training_dtype", "use_compile"]
 
 CompileSetting = Literal["auto", "on", "off"]
 CpuPrecision = Literal["auto", "float32", "bfloat16"]
