@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import ExitStack
 from pathlib import Path
+from typing import NoReturn
 
 from orchestrator.driver import SweepDriver
 from orchestrator.run_options import DriverOptions, RunResult
 from orchestrator.progress import SweepProgress
 from orchestrator.ray_runtime import cluster_requested, ray_for_this_process
+from orchestrator.run_lifecycle import LeaseHeartbeat, RunStop, stop_on_signals
 from orchestrator.spec import SweepSpec, load_spec
 from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
-from storage.errors import InputError
+from storage.errors import EnvironmentFault, InputError
 from storage.events import EventLog
 from storage.lease import LEASE_FILE, Lease, read_lease
 from storage.sweep_store import SweepStore
@@ -99,29 +102,85 @@ def run_sweep(
 ) -> RunResult:
     """Init the store if needed, then run or resume the sweep on Ray until every block is done.
 
+    SIGTERM or SIGINT (when called from the main thread) stops the run cleanly:
+    no more blocks are handed out, the running blocks' receipts are ledgered
+    for up to ``options.drain_timeout_s``, the lease is released, and the
+    result says ``stopped``. A second signal interrupts at once.
+
     Parameters
     ----------
     spec : the sweep.
     address : a running Ray cluster (``ray://`` or ``HOST:PORT`` or ``auto``); ``None``
         joins the Ray already initialised in this process, or starts a local one.
     progress : show the live progress view on stderr.
+    options : scheduling options.
+    lease_ttl_s : seconds without a heartbeat after which this driver's lease may be taken over.
+
+    Raises
+    ------
+    InputError : a bad spec or store, another driver's lease, an address no Ray answers at.
+    EnvironmentFault : the store refused a write (disk full, permission, read-only); resumable once fixed.
     """
     spec = _absolute_store(spec, cluster=cluster_requested(address))
     store, _ = open_store_for_spec(spec)
-    with _lease(store.path, ttl_s=lease_ttl_s) as lease, ray_for_this_process(address):
+    stop = RunStop()
+    lease = _lease(store.path, ttl_s=lease_ttl_s)
+    with ExitStack() as stack:
+        stack.enter_context(stop_on_signals(stop))  # from here on a signal stops the run cleanly
+        try:
+            lease.acquire(heartbeat=False)
+        except OSError as exc:
+            _raise_environment_fault(exc, store.path, "taking the lease")
+        release = stack.enter_context(_ReleaseOnce(lease))  # if Ray never comes up
+        stack.enter_context(ray_for_this_process(address))
+        # The lease goes before Ray does: shutting down a Ray whose head died can take long.
+        stack.callback(release)
+        stack.enter_context(stop_on_signals(stop))  # again: ray.init installed its own SIGTERM handler
+        stack.enter_context(LeaseHeartbeat(lease, store=store.path, every_s=lease_ttl_s / 4, stop=stop))
         # Checked again under the lease: another driver may have changed it meanwhile.
         store = store.reopen()
         check_store_matches(store, spec)
-        if spec.num_models > store.num_models:
-            store.resize(spec)
-            store = store.reopen()
-        with EventLog(store.path) as events:
-            view = SweepProgress() if progress else None
-            driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options)
-            if view is None:
-                return driver.run()
-            with view:
-                return driver.run()
+        try:
+            if spec.num_models > store.num_models:
+                store.resize(spec)
+                store = store.reopen()
+            events = stack.enter_context(EventLog(store.path))
+        except OSError as exc:
+            _raise_environment_fault(exc, store.path, "growing the store or opening its event log")
+        view = stack.enter_context(SweepProgress()) if progress else None
+        driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options, stop=stop)
+        result = driver.run()
+    return result
+
+
+class _ReleaseOnce:
+    """Releases a lease the first time it is called or its context exits."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease: Lease | None = lease
+
+    def __call__(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            lease.release()
+        except OSError:
+            pass  # a read-only store keeps it: it goes stale after its TTL (at once for a resume on this host)
+
+    def __enter__(self) -> _ReleaseOnce:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self()
+
+
+def _raise_environment_fault(exc: OSError, store: Path, action: str) -> NoReturn:
+    """Raise ``exc`` as the environment fault it is, or as it is when it is none."""
+    fault = EnvironmentFault.classify(exc, store=store, action=action)
+    if fault is None:
+        raise exc
+    raise fault from exc
 
 
 def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
