@@ -6,17 +6,23 @@ import os
 import socket
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn
 
 from orchestrator.driver import SweepDriver
 from orchestrator.run_options import DriverOptions, RunResult
 from orchestrator.progress import SweepProgress
-from orchestrator.ray_runtime import cluster_requested, ray_for_this_process
-from orchestrator.run_lifecycle import LeaseHeartbeat, RunStop, stop_on_signals
+from orchestrator.ray_runtime import check_requested_cluster, cluster_requested, ray_for_this_process
+from orchestrator.run_lifecycle import (
+    LeaseHeartbeat,
+    ReleaseOnce,
+    RunStop,
+    event_log_closer,
+    raise_environment_fault,
+    stop_on_signals,
+)
 from orchestrator.spec import SweepSpec, load_spec
 from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
-from storage.errors import EnvironmentFault, InputError
+from storage.errors import InputError
 from storage.events import EventLog
 from storage.lease import LEASE_FILE, Lease, read_lease
 from storage.sweep_store import SweepStore
@@ -122,16 +128,20 @@ def run_sweep(
     EnvironmentFault : the store refused a write (disk full, permission, read-only); resumable once fixed.
     """
     spec = _absolute_store(spec, cluster=cluster_requested(address))
-    store, _ = open_store_for_spec(spec)
+    check_requested_cluster(address)  # an unreachable address is bad input: refused before the store is made
+    try:
+        store, _ = open_store_for_spec(spec)
+    except OSError as exc:
+        raise_environment_fault(exc, Path(spec.store), "creating the store")
     stop = RunStop()
-    lease = _lease(store.path, ttl_s=lease_ttl_s)
     with ExitStack() as stack:
         stack.enter_context(stop_on_signals(stop))  # from here on a signal stops the run cleanly
         try:
+            lease = _lease(store.path, ttl_s=lease_ttl_s)
             lease.acquire(heartbeat=False)
         except OSError as exc:
-            _raise_environment_fault(exc, store.path, "taking the lease")
-        release = stack.enter_context(_ReleaseOnce(lease))  # if Ray never comes up
+            raise_environment_fault(exc, store.path, "taking the lease")
+        release = stack.enter_context(ReleaseOnce(lease))  # if Ray never comes up
         stack.enter_context(ray_for_this_process(address))
         # The lease goes before Ray does: shutting down a Ray whose head died can take long.
         stack.callback(release)
@@ -144,43 +154,14 @@ def run_sweep(
             if spec.num_models > store.num_models:
                 store.resize(spec)
                 store = store.reopen()
-            events = stack.enter_context(EventLog(store.path))
+            events = EventLog(store.path).__enter__()
         except OSError as exc:
-            _raise_environment_fault(exc, store.path, "growing the store or opening its event log")
+            raise_environment_fault(exc, store.path, "growing the store or opening its event log")
+        stack.push(event_log_closer(events, store.path))
         view = stack.enter_context(SweepProgress()) if progress else None
         driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options, stop=stop)
         result = driver.run()
     return result
-
-
-class _ReleaseOnce:
-    """Releases a lease the first time it is called or its context exits."""
-
-    def __init__(self, lease: Lease) -> None:
-        self._lease: Lease | None = lease
-
-    def __call__(self) -> None:
-        lease, self._lease = self._lease, None
-        if lease is None:
-            return
-        try:
-            lease.release()
-        except OSError:
-            pass  # a read-only store keeps it: it goes stale after its TTL (at once for a resume on this host)
-
-    def __enter__(self) -> _ReleaseOnce:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self()
-
-
-def _raise_environment_fault(exc: OSError, store: Path, action: str) -> NoReturn:
-    """Raise ``exc`` as the environment fault it is, or as it is when it is none."""
-    fault = EnvironmentFault.classify(exc, store=store, action=action)
-    if fault is None:
-        raise exc
-    raise fault from exc
 
 
 def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:

@@ -25,7 +25,10 @@ from contextlib import contextmanager
 
 from storage.errors import InputError
 
-__all__ = ["CONNECT_TIMEOUT_S", "cluster_requested", "ray_for_this_process", "connect_if_asked", "check_reachable"]
+__all__ = [
+    "CONNECT_TIMEOUT_S", "cluster_requested", "ray_for_this_process", "connect_if_asked", "check_reachable",
+    "check_requested_cluster",
+]
 
 #: How long a named cluster's GCS may refuse connections before the address is
 #: reported unreachable (a head that is still starting answers within seconds).
@@ -92,6 +95,16 @@ def check_reachable(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
                     params=("address",),
                 )
             pause.wait(0.5)
+
+
+def check_requested_cluster(address: str | None) -> None:
+    """Before anything is written: the cluster :func:`ray_for_this_process` will join must answer."""
+    import ray
+
+    if cluster_requested(address) and not ray.is_initialized():
+        target = address or os.environ["RAY_ADDRESS"]
+        if target != "local":
+            check_reachable(target)
 
 
 def _init(address: str) -> None:

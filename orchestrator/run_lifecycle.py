@@ -13,21 +13,30 @@ A run stops early for two kinds of reason, both recorded in one
   fixed).
 
 A second signal while stopping raises :class:`KeyboardInterrupt` at once.
+
+The rest is what makes a run end cleanly when the store's filesystem refuses
+writes: the lease released once (and before Ray shuts down), the event log
+closed without hiding the error that ended the run.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
+from typing import NoReturn
 
 from storage.errors import DmsweepError, EnvironmentFault
+from storage.events import EventLog
 from storage.lease import Lease
 
-__all__ = ["RunStop", "stop_on_signals", "LeaseHeartbeat", "STOP_SIGNALS"]
+__all__ = [
+    "RunStop", "stop_on_signals", "LeaseHeartbeat", "STOP_SIGNALS", "ReleaseOnce", "event_log_closer",
+    "raise_environment_fault",
+]
 
 #: The signals that ask a run to stop cleanly.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -142,3 +151,56 @@ class LeaseHeartbeat:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
+
+
+class ReleaseOnce:
+    """Releases a lease the first time it is called or its context exits."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease: Lease | None = lease
+
+    def __call__(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            lease.release()
+        except OSError:
+            pass  # a read-only store keeps it: it goes stale after its TTL (at once for a resume on this host)
+
+    def __enter__(self) -> ReleaseOnce:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self()
+
+
+#: An ``ExitStack.push`` callback: (exception type, exception, traceback) -> suppress?
+ExitCallback = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], bool]
+
+
+def event_log_closer(events: EventLog, store: Path) -> ExitCallback:
+    """An exit callback closing the event log; a write it could not flush then is an environment fault.
+
+    Closing flushes what a failed write left buffered: on a full disk that
+    fails again. When the run is already ending with an error (most likely the
+    same full disk), that error is the one to report.
+    """
+
+    def close(exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        try:
+            events.__exit__(exc_type, exc, tb)
+        except OSError as error:
+            if exc_type is None:
+                raise_environment_fault(error, store, "closing the event log")
+        return False
+
+    return close
+
+
+def raise_environment_fault(exc: OSError, store: Path, action: str) -> NoReturn:
+    """Raise ``exc`` as the environment fault it is, or as it is when it is none."""
+    fault = EnvironmentFault.classify(exc, store=store, action=action)
+    if fault is None:
+        raise exc
+    raise fault from exc
