@@ -111,7 +111,7 @@ def run_sweep(
     SIGTERM or SIGINT (when called from the main thread) stops the run cleanly:
     no more blocks are handed out, the running blocks' receipts are ledgered
     for up to ``options.drain_timeout_s``, the lease is released, and the
-    result says ``stopped``. A second signal interrupts at once.
+    result says ``stopped``. SIGINT while stopping interrupts at once.
 
     Parameters
     ----------

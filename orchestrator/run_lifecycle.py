@@ -12,7 +12,9 @@ A run stops early for two kinds of reason, both recorded in one
   driver stops the same way and raises it (the CLI exits 4: resumable once
   fixed).
 
-A second signal while stopping raises :class:`KeyboardInterrupt` at once.
+While stopping, SIGINT (Ctrl-C again) raises :class:`KeyboardInterrupt` at
+once; a repeated SIGTERM (schedulers may signal every process of a job, and
+again) changes nothing.
 
 The rest is what makes a run end cleanly when the store's filesystem refuses
 writes: the lease released once (and before Ray shuts down), the event log
@@ -87,7 +89,7 @@ class RunStop:
 
 @contextmanager
 def stop_on_signals(stop: RunStop) -> Iterator[None]:
-    """While inside, SIGTERM and SIGINT ask ``stop`` for a clean stop; a second one interrupts at once.
+    """While inside, SIGTERM and SIGINT ask ``stop`` for a clean stop; SIGINT while stopping interrupts at once.
 
     Outside the main thread (where Python cannot install handlers) nothing is
     installed and signals keep their usual effect. The previous handlers (Ray
@@ -99,7 +101,9 @@ def stop_on_signals(stop: RunStop) -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.requested is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name} while stopping")
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt("SIGINT while stopping")
+            return  # a scheduler's repeated SIGTERM: the stop is under way, bounded by its drain
         stop.request(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
