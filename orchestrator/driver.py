@@ -28,6 +28,7 @@ import numpy as np
 import ray
 import ray.exceptions
 
+from orchestrator.block_outcomes import BlockOutcomes
 from orchestrator.metrics import SweepMetrics
 from orchestrator.progress import SweepProgress
 from orchestrator.run_lifecycle import RunStop
@@ -92,12 +93,12 @@ class SweepDriver:
         self._slots: list[Slot] = []
         self._actor_counter = 0
         self._start_failures = 0
-        self._attempts: dict[int, int] = {}
         self._work = WorkQueue(np.empty(0, dtype=np.int64))
-        self._failed: list[int] = []
-        self._retries = 0
-        self._newly_completed = 0
-        self._ledgered_while_stopping = 0
+        self._outcomes = self._outcomes_for(self._work)
+
+    def _outcomes_for(self, work: WorkQueue) -> BlockOutcomes:
+        return BlockOutcomes(ledger=self._ledger, events=self._events, metrics=self._metrics, progress=self._progress,
+                             work=work, retries=self._spec.retries, block=self._store.block)
 
     # -- actors ------------------------------------------------------------------
     def _start_actor(self) -> Slot:
@@ -133,48 +134,12 @@ class SweepDriver:
         for item in reversed(queued[1:]):
             self._work.push(item.block_id, front=True)
         if queued:
-            self._block_attempt_failed(queued[0].block_id, reason, node=slot.node_ip, kind=kind)
+            self._outcomes.attempt_failed(queued[0].block_id, reason, node=slot.node_ip, kind=kind,
+                                          stopping=self._draining)
         if self._has_work() and not self._draining:
             self._start_actor()
 
     # -- blocks --------------------------------------------------------------------
-    def _block_attempt_failed(self, block_id: int, error: str, *, node: str, kind: str) -> None:
-        self._metrics.block_failed(kind, node)
-        if self._draining:
-            return  # stopping: the block stays pending, its next run tries it afresh
-        attempts = self._attempts.get(block_id, 0) + 1
-        self._attempts[block_id] = attempts
-        if attempts <= self._spec.retries:
-            self._retries += 1
-            self._events.write("block_retried", block=block_id, attempt=attempts, node=node, kind=kind, error=error)
-            self._work.push(block_id)
-            if self._progress:
-                self._progress.block_retried()
-        else:
-            self._attempts.pop(block_id, None)
-            self._ledger.mark_failed(block_id, error=error, attempts=attempts, node=node)
-            self._events.write("block_failed", block=block_id, attempts=attempts, node=node, kind=kind, error=error)
-            self._failed.append(block_id)
-            if self._progress:
-                self._progress.block_failed()
-
-    def _block_completed(self, receipt: BlockReceipt, slot: Slot) -> None:
-        attempts = self._attempts.pop(receipt.block_id, 0) + 1
-        self._ledger.mark_complete(
-            receipt.block_id, checksum=receipt.checksum, seconds=receipt.seconds, node=receipt.node, attempts=attempts
-        )
-        self._newly_completed += 1
-        if self._draining:
-            self._ledgered_while_stopping += 1
-        self._events.write(
-            "block_completed", block=receipt.block_id, node=receipt.node, actor=slot.name, pid=receipt.pid,
-            train_seconds=round(receipt.train_seconds, 4), write_seconds=round(receipt.write_seconds, 4),
-            nbytes=receipt.nbytes, attempt=attempts,
-        )
-        self._metrics.block_completed(self._store.block, receipt.seconds, receipt.nbytes, receipt.node)
-        if self._progress:
-            self._progress.block_completed(self._store.block, receipt.node)
-
     def _start_head(self, slot: Slot) -> None:
         """The slot's head block starts running now: its deadline counts from here."""
         head = slot.queue[0]
@@ -243,6 +208,7 @@ class SweepDriver:
         started = self._clock()
         pending = self._ledger.pending_blocks()
         self._work = WorkQueue(pending)
+        self._outcomes = self._outcomes_for(self._work)
         completed_before = self._store.num_blocks - pending.size
         if self._progress:
             self._progress.start(
@@ -274,10 +240,11 @@ class SweepDriver:
         completed = int(self._ledger.completed_blocks().size)
         if self._stop.fault is not None:
             raise self._stop.fault
+        outcomes = self._outcomes
         self._events.write(
             "run_stopped" if self._draining else "run_finished", completed_blocks=completed,
-            failed_blocks=sorted(self._failed), wall_seconds=round(wall, 3),
-            **({"reason": self._stop.reason, "ledgered_while_stopping": self._ledgered_while_stopping}
+            failed_blocks=sorted(outcomes.failed), wall_seconds=round(wall, 3),
+            **({"reason": self._stop.reason, "ledgered_while_stopping": outcomes.ledgered_while_stopping}
                if self._draining else {}),
         )
         return RunResult(
@@ -285,14 +252,14 @@ class SweepDriver:
             num_models=self._store.num_models,
             num_blocks=self._store.num_blocks,
             completed_blocks=completed,
-            newly_completed_blocks=self._newly_completed,
-            failed_blocks=sorted(self._failed),
+            newly_completed_blocks=outcomes.newly_completed,
+            failed_blocks=sorted(outcomes.failed),
             wall_seconds=wall,
-            models_per_second=self._newly_completed * self._store.block / wall if wall > 0 else 0.0,
+            models_per_second=outcomes.newly_completed * self._store.block / wall if wall > 0 else 0.0,
             actors=self._actor_counter,
-            retries=self._retries,
+            retries=outcomes.retries,
             stopped=self._stop.requested if self._draining and completed < self._store.num_blocks else None,
-            ledgered_while_stopping=self._ledgered_while_stopping,
+            ledgered_while_stopping=outcomes.ledgered_while_stopping,
         )
 
     def _in_flight(self) -> int:
@@ -422,14 +389,15 @@ class SweepDriver:
                 self._stop.fail(cause)
                 return
             # The recipe (or the write) raised: the actor is fine, the block is not.
-            self._block_attempt_failed(head.block_id, format_task_error(exc), node=slot.node_ip, kind="error")
+            self._outcomes.attempt_failed(head.block_id, format_task_error(exc), node=slot.node_ip, kind="error",
+                                          stopping=self._draining)
             return
         except ray.exceptions.RayError as exc:
             # The actor died (its process crashed, or its node was lost).
             self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {one_line(str(exc))}", kind="worker_lost")
             return
         self._pop_head(slot)
-        self._block_completed(receipt, slot)
+        self._outcomes.completed(receipt, actor=slot.name, stopping=self._draining)
 
     def _check_deadlines(self, timeout: float) -> None:
         now = self._clock()
