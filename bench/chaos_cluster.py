@@ -42,9 +42,7 @@ def _trial(ctx: ChaosContext, cluster: Any, nodes: list[Any], rng: random.Random
     from orchestrator.run_options import DriverOptions
     from orchestrator.spec import load_spec
 
-    trial = ctx.trial_dir("raylet_sigkill")
-    sweep = write_sweep(trial, "sweep", blocks=30, sleep=0.2)
-    reference = ctx.reference(sweep)
+    trial, sweep, reference = ctx.start_trial("raylet_sigkill", blocks=30, sleep=0.2)
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -74,7 +72,7 @@ def _trial(ctx: ChaosContext, cluster: Any, nodes: list[Any], rng: random.Random
     return TrialResult.from_check(
         "raylet_sigkill", check_store(sweep.store, reference), recover_s=recover, ok=ok,
         detail={"killed": killed, "retries": getattr(result, "retries", None)},
-        problems=[] if ok else [f"killed {killed}, outcome {outcome}"],
+        why_not=f"killed {killed}, outcome {outcome}",
     )
 
 

@@ -92,10 +92,11 @@ def write_sweep(directory: Path, name: str, *, store: Path | None = None, blocks
     """Write the spec of a ``noop`` sweep (outputs are a pure function of the seed; ``sleep`` changes none).
 
     ``recipe`` may name a subclass of ``noop`` with the same outputs (the tests'
-    gated one, with its ``extra_params``).
+    gated one, with its ``extra_params``); ``store`` defaults to ``NAME.zarr``
+    in ``directory`` (a relative one is taken from there too).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    store = store or directory / f"{name}.zarr"
+    store = directory / (store or f"{name}.zarr")  # a relative store goes in the directory
     params = {"n_train": n_train, "n_test": n_test, "n_classes": 10, "sleep": sleep, **(extra_params or {})}
     spec = {
         "store": str(store),
@@ -243,11 +244,11 @@ class TrialResult:
 
     @classmethod
     def from_check(cls, case: str, check: StoreCheck, *, recover_s: float, ok: bool = True,
-                   detail: dict[str, Any] | None = None, problems: Sequence[str] = ()) -> TrialResult:
-        """``ok``: the case's own expectations (exit codes, messages) held as well."""
+                   detail: dict[str, Any] | None = None, why_not: str = "") -> TrialResult:
+        """``ok``: the case's own expectations (exit codes, messages) held as well; ``why_not`` says how not."""
         return cls(case=case, survived=check.survived and ok, rows_lost=check.rows_lost,
                    rows_duplicated=check.rows_duplicated, recover_s=round(recover_s, 3), detail=detail or {},
-                   problems=[*problems, *check.problems])
+                   problems=[*([] if ok else [why_not]), *check.problems])
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -278,6 +279,12 @@ class ChaosContext:
         path = self.workdir / f"{case}-{self._trials[case]}"
         path.mkdir(parents=True)
         return path
+
+    def start_trial(self, case: str, **shape: Any) -> tuple[Path, Sweep, Path]:
+        """A new trial of ``case``: its directory, its sweep (:func:`write_sweep`'s ``shape``), the reference store."""
+        trial = self.trial_dir(case)
+        sweep = write_sweep(trial, "sweep", **shape)
+        return trial, sweep, self.reference(sweep)
 
     def reference(self, sweep: Sweep) -> Path:
         """The store of an uninterrupted run of ``sweep``'s spec (run once, here, on the joined Ray)."""

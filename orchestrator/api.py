@@ -22,10 +22,10 @@ from orchestrator.run_lifecycle import (
 from orchestrator.spec import SweepSpec, load_spec
 from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
-from storage.errors import InputError
+from storage.errors import InputError, StoreMismatchError
 from storage.events import EventLog
 from storage.lease import LEASE_FILE, Lease, read_lease
-from storage.sweep_store import SweepStore
+from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from storage.verify import VerifyReport, verify_store
 
 __all__ = [
@@ -92,10 +92,27 @@ def _lease(store_path: Path, *, ttl_s: float) -> Lease:
     return Lease(store_path, ttl_s=ttl_s)
 
 
+def _open_or_create(spec: SweepSpec) -> SweepStore:
+    """The spec's store, created if absent; a store another driver created at the same moment is used as it is.
+
+    Two drivers started at once on a new store both try to create it: one
+    rename wins, the other finds the path taken. That is no fault (the lease
+    decides which of them runs), so the loser opens the winner's store.
+    """
+    path = Path(spec.store)
+    try:
+        return open_store_for_spec(spec)[0]
+    except (OSError, StoreMismatchError) as exc:
+        if probe_store(path) is not StoreProbe.STORE:
+            if isinstance(exc, OSError):
+                raise_environment_fault(exc, path, "creating the store")
+            raise
+    return open_store_for_spec(spec)[0]
+
+
 def init_sweep(spec: SweepSpec) -> SweepStore:
     """Create the spec's store (or check that the existing one matches it)."""
-    store, _ = open_store_for_spec(_absolute_store(spec, cluster=False))
-    return store
+    return _open_or_create(_absolute_store(spec, cluster=False))
 
 
 def run_sweep(
@@ -129,10 +146,7 @@ def run_sweep(
     """
     spec = _absolute_store(spec, cluster=cluster_requested(address))
     check_requested_cluster(address)  # an unreachable address is bad input: refused before the store is made
-    try:
-        store, _ = open_store_for_spec(spec)
-    except OSError as exc:
-        raise_environment_fault(exc, Path(spec.store), "creating the store")
+    store = _open_or_create(spec)
     stop = RunStop()
     with ExitStack() as stack:
         stack.enter_context(stop_on_signals(stop))  # from here on a signal stops the run cleanly
