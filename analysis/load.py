@@ -17,6 +17,7 @@ import numpy as np
 from regression.rows import from_runs
 from storage.datamodels import list_datamodels, open_datamodels, read_datamodels
 from storage.errors import InputError
+from storage.location import LocalLocation, store_location
 from storage.sweep_store import SweepStore
 
 __all__ = [
@@ -189,10 +190,15 @@ def check_positive_int(value: object, param: str) -> int:
 
 
 def default_out_dir(store_path: str | Path, kind: str) -> Path:
-    """Where an application writes by default: ``<store without .zarr>.analysis/<kind>/`` next to the store."""
-    store = Path(store_path)
-    stem = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
-    return store.parent / f"{stem}.analysis" / kind
+    """Where an application writes by default: ``<store without .zarr>.analysis/<kind>/``.
+
+    Next to a local store; in the working directory for one on S3 (results and
+    figures are local files).
+    """
+    location = store_location(store_path)
+    stem = location.name[: -len(".zarr")] if location.name.endswith(".zarr") else location.name
+    parent = location.path.parent if isinstance(location, LocalLocation) else Path(".")
+    return parent / f"{stem}.analysis" / kind
 
 
 def prepare_out_dir(out: str | Path | None, store_path: str | Path, kind: str) -> Path:

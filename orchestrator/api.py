@@ -24,7 +24,8 @@ from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
 from storage.errors import InputError, StoreMismatchError
 from storage.events import EventLog
-from storage.lease import LEASE_FILE, Lease, read_lease
+from storage.lease import Lease, clear_lease, read_lease
+from storage.location import StoreLocation, is_uri, store_location
 from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from storage.verify import VerifyReport, verify_store
 
@@ -42,16 +43,24 @@ __all__ = [
 
 
 def _absolute_store(spec: SweepSpec, *, cluster: bool) -> SweepSpec:
-    """Resolve a relative store path against the working directory; refuse one on a cluster."""
-    path = Path(spec.store).expanduser()
-    if not path.is_absolute():
-        if cluster:
-            raise InputError(
-                f"store {spec.store!r} is a relative path; on a cluster give an absolute path on a filesystem every node mounts"
-            )
-        path = Path.cwd() / path
-    update: dict[str, str] = {"store": str(path)}
-    if spec.masks_file is not None:
+    """Resolve a relative store path against the working directory; refuse one on a cluster.
+
+    An ``s3://`` store is where it is for every node.
+    """
+    update: dict[str, str] = {}
+    if is_uri(spec.store):
+        update["store"] = store_location(spec.store).uri  # validated here, before anything is written
+    else:
+        path = Path(spec.store).expanduser()
+        if not path.is_absolute():
+            if cluster:
+                raise InputError(
+                    f"store {spec.store!r} is a relative path; on a cluster give an absolute path on a filesystem "
+                    "every node mounts, or an s3:// URI"
+                )
+            path = Path.cwd() / path
+        update["store"] = str(path)
+    if spec.masks_file is not None and not is_uri(spec.masks_file):
         masks = Path(spec.masks_file).expanduser()
         if not masks.is_absolute():
             if cluster:
@@ -71,7 +80,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _clear_abandoned_lease(store_path: Path) -> bool:
+def _clear_abandoned_lease(store: StoreLocation) -> bool:
     """Remove a lease whose holder is a dead process on this host; True if one was removed.
 
     A driver killed with SIGKILL leaves its lease fresh for up to ``ttl_s``;
@@ -79,17 +88,16 @@ def _clear_abandoned_lease(store_path: Path) -> bool:
     need not wait for the heartbeat to go stale. Leases from other hosts are
     only ever taken over once stale.
     """
-    info = read_lease(store_path)
+    info = read_lease(store)
     if info is None or info.host != socket.gethostname() or info.pid == os.getpid() or _pid_alive(info.pid):
         return False
-    (store_path / LEASE_FILE).unlink(missing_ok=True)
-    return True
+    return clear_lease(store, info.holder)
 
 
-def _lease(store_path: Path, *, ttl_s: float) -> Lease:
+def _lease(store: StoreLocation, *, ttl_s: float) -> Lease:
     """The store's lease, ready to enter: refused while another live driver holds it."""
-    _clear_abandoned_lease(store_path)
-    return Lease(store_path, ttl_s=ttl_s)
+    _clear_abandoned_lease(store)
+    return Lease(store, ttl_s=ttl_s)
 
 
 def _open_or_create(spec: SweepSpec) -> SweepStore:
@@ -99,13 +107,13 @@ def _open_or_create(spec: SweepSpec) -> SweepStore:
     rename wins, the other finds the path taken. That is no fault (the lease
     decides which of them runs), so the loser opens the winner's store.
     """
-    path = Path(spec.store)
+    location = store_location(spec.store)
     try:
         return open_store_for_spec(spec)[0]
     except (OSError, StoreMismatchError) as exc:
-        if probe_store(path) is not StoreProbe.STORE:
+        if probe_store(location) is not StoreProbe.STORE:
             if isinstance(exc, OSError):
-                raise_environment_fault(exc, path, "creating the store")
+                raise_environment_fault(exc, location.uri, "creating the store")
             raise
     return open_store_for_spec(spec)[0]
 
@@ -147,20 +155,21 @@ def run_sweep(
     spec = _absolute_store(spec, cluster=cluster_requested(address))
     check_requested_cluster(address)  # an unreachable address is bad input: refused before the store is made
     store = _open_or_create(spec)
+    where = store.location.uri
     stop = RunStop()
     with ExitStack() as stack:
         stack.enter_context(stop_on_signals(stop))  # from here on a signal stops the run cleanly
         try:
-            lease = _lease(store.path, ttl_s=lease_ttl_s)
+            lease = _lease(store.location, ttl_s=lease_ttl_s)
             lease.acquire(heartbeat=False)
         except OSError as exc:
-            raise_environment_fault(exc, store.path, "taking the lease")
+            raise_environment_fault(exc, where, "taking the lease")
         release = stack.enter_context(ReleaseOnce(lease))  # if Ray never comes up
         stack.enter_context(ray_for_this_process(address))
         # The lease goes before Ray does: shutting down a Ray whose head died can take long.
         stack.callback(release)
         stack.enter_context(stop_on_signals(stop))  # again: ray.init installed its own SIGTERM handler
-        stack.enter_context(LeaseHeartbeat(lease, store=store.path, every_s=lease_ttl_s / 4, stop=stop))
+        stack.enter_context(LeaseHeartbeat(lease, store=where, every_s=lease_ttl_s / 4, stop=stop))
         # Checked again under the lease: another driver may have changed it meanwhile.
         store = store.reopen()
         check_store_matches(store, spec)
@@ -168,17 +177,22 @@ def run_sweep(
             if spec.num_models > store.num_models:
                 store.resize(spec)
                 store = store.reopen()
-            events = EventLog(store.path).__enter__()
+            events = EventLog(store.location).__enter__()
         except OSError as exc:
-            raise_environment_fault(exc, store.path, "growing the store or opening its event log")
-        stack.push(event_log_closer(events, store.path))
+            raise_environment_fault(exc, where, "growing the store or opening its event log")
+        stack.push(event_log_closer(events, where))
         view = stack.enter_context(SweepProgress()) if progress else None
         driver = SweepDriver(store, spec, lease=lease, events=events, progress=view, options=options, stop=stop)
         result = driver.run()
+        try:
+            # The run's journal records go into the ledger's arrays, so Zarr tools read it current.
+            store.ledger.compact()
+        except OSError as exc:
+            raise_environment_fault(exc, where, "compacting the ledger")
     return result
 
 
-def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
+def extend_sweep(store_path: str | Path | StoreLocation, *, num_models: int) -> SweepStore:
     """Grow a sweep to ``num_models`` (a multiple of its block); the next run fills the new blocks."""
     store = SweepStore.open(store_path, mode="r+")
     spec = stored_spec(store)
@@ -186,15 +200,17 @@ def extend_sweep(store_path: str | Path, *, num_models: int) -> SweepStore:
         raise InputError(f"--num-models must exceed the current {store.num_models}; got {num_models}")
     if num_models % store.block:
         raise InputError(f"--num-models ({num_models}) must be a multiple of the block size ({store.block})")
-    with _lease(store.path, ttl_s=30.0):
+    with _lease(store.location, ttl_s=30.0):
         store.resize(spec.model_copy(update={"num_models": num_models}))
     return store.reopen()
 
 
-def verify_sweep(store_path: str | Path, *, repair: bool = False) -> VerifyReport:
+def verify_sweep(store_path: str | Path | StoreLocation, *, repair: bool = False) -> VerifyReport:
     """Check every completed block; with ``repair`` send bad ones back to be recomputed."""
     store = SweepStore.open(store_path, mode="r+" if repair else "r")
     if repair:
-        with _lease(store.path, ttl_s=30.0):
-            return verify_store(store, repair=True)
+        with _lease(store.location, ttl_s=30.0):
+            report = verify_store(store, repair=True)
+            store.ledger.compact()
+            return report
     return verify_store(store)

@@ -199,7 +199,7 @@ class SweepDriver:
             # A ledger or event-log write refused by the store: stop at once (the ledger
             # cannot record receipts), saying the first fault seen if a worker saw one.
             fault = self._stop.fault or EnvironmentFault.classify(
-                exc, store=self._store.path, action="writing the ledger or the event log")
+                exc, store=self._store.location.uri, action="writing the ledger or the event log")
             if fault is None:
                 raise
             raise fault from exc

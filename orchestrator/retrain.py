@@ -2,14 +2,17 @@
 
 :class:`SweepRetrainer` is an :class:`analysis.verify.Retrainer`: it runs the
 masks as an ordinary sweep with explicit subsets (spec ``masks_file``), in a
-store of its own under ``out_dir`` whose name is a digest of the masks, recipe,
-seed and outputs, so that asking again for the same models resumes that store
-instead of retraining them.
+store of its own whose name is a digest of the masks, recipe, seed and outputs,
+so that asking again for the same models resumes that store instead of
+retraining them. The store and its masks go under ``out_dir`` for a local
+source store, and beside an ``s3://`` source (``<store>.retrain/``), where every
+worker of a cluster can read them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from orchestrator.api import run_sweep
 from orchestrator.spec import parse_spec
 from orchestrator.sweep_store_setup import stored_spec
 from storage.errors import BlockFailedError
+from storage.location import objects_at, store_location
 from storage.spec import OutputsSpec, SweepSpec
 from storage.sweep_store import SweepStore
 
@@ -43,8 +47,9 @@ class SweepRetrainer:
     """
 
     def __init__(self, source_store: str | Path, *, out_dir: str | Path, seed: int = 0, address: str | None = None) -> None:
-        self._spec = stored_spec(SweepStore.open(source_store, mode="r"))
-        self._out_dir = Path(out_dir).resolve()
+        source = store_location(source_store)
+        self._spec = stored_spec(SweepStore.open(source, mode="r"))
+        self._base = str(Path(out_dir).resolve()) if source.is_local else f"{source.uri}.retrain"
         self._seed = seed
         self._address = address
 
@@ -57,9 +62,9 @@ class SweepRetrainer:
             + json.dumps([recipe, self._seed, outputs.model_dump()], sort_keys=True, default=str).encode()
         ).hexdigest()[:12]
         return parse_spec({
-            "store": str(self._out_dir / f"verify-{digest}.zarr"),
+            "store": f"{self._base}/verify-{digest}.zarr",
             "recipe": recipe,
-            "masks_file": str(self._out_dir / f"verify-{digest}.npy"),
+            "masks_file": f"{self._base}/verify-{digest}.npy",
             "num_models": int(masks.shape[0]),
             "block": int(block),
             "seed": self._seed,
@@ -71,10 +76,11 @@ class SweepRetrainer:
 
     def __call__(self, masks: np.ndarray, *, output: str, block: int) -> Retrained:
         spec = self.spec_for(masks, output=output, block=block)
-        masks_file = Path(spec.masks_file or "")
-        masks_file.parent.mkdir(parents=True, exist_ok=True)
-        if not masks_file.exists():
-            np.save(masks_file, np.ascontiguousarray(masks, dtype=bool))
+        folder, _, name = (spec.masks_file or "").rpartition("/")
+        encoded = io.BytesIO()
+        np.save(encoded, np.ascontiguousarray(masks, dtype=bool))
+        # Created once (the name is the masks' digest), the same way in a folder or a bucket.
+        objects_at(folder).put_if_absent(name, encoded.getvalue())
         run = run_sweep(spec, address=self._address, progress=False)
         if not run.done:
             raise BlockFailedError(f"retraining sweep {spec.store} left blocks {run.failed_blocks} failed")

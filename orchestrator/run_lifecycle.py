@@ -27,7 +27,6 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import NoReturn
 
@@ -125,12 +124,12 @@ class LeaseHeartbeat:
     Parameters
     ----------
     lease : the acquired lease.
-    store : the store's path (for the fault's message).
+    store : the store's path or URI (for the fault's message).
     every_s : seconds between renewals.
     stop : where a failed renewal is reported.
     """
 
-    def __init__(self, lease: Lease, *, store: Path, every_s: float, stop: RunStop) -> None:
+    def __init__(self, lease: Lease, *, store: str, every_s: float, stop: RunStop) -> None:
         self._lease = lease
         self._store = store
         self._every_s = every_s
@@ -183,7 +182,7 @@ class ReleaseOnce:
 ExitCallback = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], bool]
 
 
-def event_log_closer(events: EventLog, store: Path) -> ExitCallback:
+def event_log_closer(events: EventLog, store: str) -> ExitCallback:
     """An exit callback closing the event log; a write it could not flush then is an environment fault.
 
     Closing flushes what a failed write left buffered: on a full disk that
@@ -202,7 +201,7 @@ def event_log_closer(events: EventLog, store: Path) -> ExitCallback:
     return close
 
 
-def raise_environment_fault(exc: OSError, store: Path, action: str) -> NoReturn:
+def raise_environment_fault(exc: OSError, store: str, action: str) -> NoReturn:
     """Raise ``exc`` as the environment fault it is, or as it is when it is none."""
     fault = EnvironmentFault.classify(exc, store=store, action=action)
     if fault is None:

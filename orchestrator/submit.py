@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.location import is_uri
 from storage.errors import DmsweepError, InputError
 
 __all__ = [
@@ -125,10 +126,10 @@ def _check_sweep_store_is_absolute(command: Sequence[str]) -> None:
     from orchestrator.spec import load_spec
 
     spec = load_spec(command[1], check_recipe=False)
-    if not Path(spec.store).expanduser().is_absolute():
+    if not is_uri(spec.store) and not Path(spec.store).expanduser().is_absolute():
         raise InputError(
             f"store {spec.store!r} in {command[1]} is a relative path; a job on a cluster needs an absolute path "
-            "on a filesystem every node mounts"
+            "on a filesystem every node mounts, or an s3:// URI"
         )
 
 

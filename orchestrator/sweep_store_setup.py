@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from storage.errors import InputError, StoreMismatchError
+from storage.location import store_location
+from storage.npy_source import open_npy
 from storage.metadata import sweep_metadata
 from storage.spec import SweepSpec, spec_differences
 from storage.sweep_store import StoreProbe, SweepStore, probe_store
@@ -31,8 +31,8 @@ def stored_spec(store: SweepStore) -> SweepSpec:
 def check_masks_file(path: str, *, num_models: int, n_train: int) -> None:
     """An explicit masks file must be a bool .npy of shape [num_models, n_train]."""
     try:
-        masks = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
+        masks = open_npy(path)
+    except InputError as exc:
         raise InputError(f"masks_file {path!r} is not a readable .npy file ({exc})", params=("masks_file",)) from None
     if masks.dtype != np.bool_ or masks.shape != (num_models, n_train):
         raise InputError(
@@ -79,11 +79,11 @@ def open_store_for_spec(spec: SweepSpec, *, create: bool = True) -> tuple[SweepS
     fields). Growing it to a larger ``num_models`` is the driver's job, under
     its lease.
     """
-    path = Path(spec.store)
-    if probe_store(path) is not StoreProbe.STORE:
+    location = store_location(spec.store)
+    if probe_store(location) is not StoreProbe.STORE:
         if not create:
-            raise InputError(f"no store at {str(path)!r}", params=("store",))
+            raise InputError(f"no store at {location.uri!r}", params=("store",))
         return create_store(spec), True  # refuses a path that holds something else
-    store = SweepStore.open(path, mode="r+")
+    store = SweepStore.open(location, mode="r+")
     check_store_matches(store, spec)
     return store, False

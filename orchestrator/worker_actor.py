@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import ray
 
@@ -23,7 +22,7 @@ class SweepWorker:
 
     Parameters
     ----------
-    store_path : the sweep's store, on a filesystem this node mounts.
+    store_path : the sweep's store: a path this node mounts, or an ``s3://`` URI.
     num_cpus : the CPUs Ray reserved for this actor (sets the thread count).
     """
 
@@ -38,7 +37,7 @@ class SweepWorker:
         # An actor without a GPU of its own trains on the CPU even on a GPU node;
         # with one, the runner takes CUDA when it is usable.
         device = None if ray.get_gpu_ids() else "cpu"
-        self._runner = BlockRunner(Path(store_path), device=device, node=self._node_ip)
+        self._runner = BlockRunner(store_path, device=device, node=self._node_ip)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
 

@@ -134,7 +134,7 @@ def evaluate_lds(
     output = str(meta.get("output", "margins/test"))
     t0, t1 = (int(v) for v in meta["targets"])
     store = fit_store if eval_store is None else SweepStore.open(eval_store, mode="r")
-    same_store = eval_store is None or Path(eval_store).resolve() == fit_store.path.resolve()
+    same_store = eval_store is None or store.location.canonical == fit_store.location.canonical
     if store.dataset.n_train != int(meta["n_train"]):
         raise InputError(
             f"eval_store has n_train={store.dataset.n_train}, the datamodels {meta['n_train']}", params=("eval_store",)

@@ -28,10 +28,7 @@ from storage.errors import DmsweepError, SolverError
 from storage.sweep_store import SweepStore
 from workers.device import resolve_device
 
-__all__ = ["ShardJob", "fit_shard", "run_shards", "run_shards_on_ray", "initialised_ray", "SCRATCH"]
-
-#: Folder of the store for the SAGA table when it has to live in a file.
-SCRATCH = "scratch"
+__all__ = ["ShardJob", "fit_shard", "run_shards", "run_shards_on_ray", "initialised_ray"]
 
 #: Receives each shard's receipt as the shard finishes.
 RecordFn = Callable[[dict[str, Any]], None]
@@ -116,8 +113,9 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     )
     source = open_source(queue_depth=plan.queue_depth, pin=device.type == "cuda")
     data = source.load() if plan.masks_resident else source
-    # The last resort for the SAGA table: a file next to the datamodels, deleted afterwards.
-    table_file = store.path / SCRATCH / f"{job.name}-shard{job.shard:04d}.table" if plan.table_on_disk else None
+    # The last resort for the SAGA table: a local scratch file (beside a local store, in the
+    # temporary directory for one on S3), deleted afterwards.
+    table_file = store.location.scratch_dir() / f"{job.name}-shard{job.shard:04d}.table" if plan.table_on_disk else None
     result = solve_source(
         data, train=train, val=val, config=config,
         table_on_device=plan.table_on_device, table_file=table_file, cache_bytes=plan.cache_bytes,

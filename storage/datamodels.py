@@ -3,8 +3,8 @@
 Layout (DESIGN.md, "The store")::
 
     datamodels/<name>/            attrs["datamodels"]: fit description, shard ledger, results
-      weight    float32 [N_train, T]   chunks (row_chunk, target_chunk)
-      bias      float32 [T]            chunks (target_chunk,)
+      weight    float32 [N_train, T]   (train, target)   chunks (row_chunk, target_chunk)
+      bias      float32 [T]            (target)          chunks (target_chunk,)
       lam       float32 [T]
       val_mse   float32 [T]
       nnz       int32   [T]
@@ -167,13 +167,13 @@ def create_datamodels(
     row_chunk = max(1, min(n_train, _MAX_CHUNK_VALUES // target_chunk))
     group.create_array(
         "weight", shape=(n_train, n_targets), chunks=(row_chunk, target_chunk), dtype=np.float32,
-        fill_value=0.0, compressors=checked_compressors(), config=ARRAY_CONFIG,
+        fill_value=0.0, dimension_names=("train", "target"), compressors=checked_compressors(), config=ARRAY_CONFIG,
     )
     for array_name, dtype in COLUMN_ARRAYS.items():
         fill = float("nan") if dtype.kind == "f" else 0
         group.create_array(
             array_name, shape=(n_targets,), chunks=(target_chunk,), dtype=dtype,
-            fill_value=fill, compressors=checked_compressors(), config=ARRAY_CONFIG,
+            fill_value=fill, dimension_names=("target",), compressors=checked_compressors(), config=ARRAY_CONFIG,
         )
     group.attrs[ATTRS_KEY] = {**dict(attrs), "target_chunk": int(target_chunk), "finished_shards": {}}
     return group

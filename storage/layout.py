@@ -15,11 +15,12 @@ __all__ = [
     "DatasetInfo",
     "output_row_shape",
     "output_dtype",
+    "output_dimensions",
 ]
 
 #: Version of the store layout and metadata; a store of another version is refused
 #: with a message naming both (docs/decisions.md, "Store").
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 OutputName = Literal["margins/test", "margins/train", "logits/test"]
 OUTPUT_NAMES: tuple[OutputName, ...] = ("margins/test", "margins/train", "logits/test")
@@ -51,3 +52,14 @@ def output_row_shape(name: str, dataset: DatasetInfo) -> tuple[int, ...]:
 def output_dtype(name: str) -> np.dtype:
     """Storage dtype: masks are bool, every model output is float16 (as the published data)."""
     return np.dtype(bool) if name == MASKS else np.dtype(np.float16)
+
+
+def output_dimensions(name: str) -> tuple[str, ...]:
+    """Dimension names of the per-model array ``name`` (what xarray and other Zarr readers label axes by)."""
+    if name == MASKS or name == "margins/train":
+        return ("model", "train")
+    if name == "margins/test":
+        return ("model", "test")
+    if name == "logits/test":
+        return ("model", "test", "class")
+    raise KeyError(name)

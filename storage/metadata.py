@@ -76,7 +76,7 @@ class ImportProvenance(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: Literal[2] = FORMAT_VERSION
+    format_version: Literal[3] = FORMAT_VERSION
     dataset: DatasetInfo
     num_models: int = Field(ge=1)
     block: int = Field(ge=1)

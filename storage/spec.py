@@ -13,8 +13,10 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from storage.errors import InputError
+from storage.location import store_location
 from storage.validation import UserModel
 
 __all__ = [
@@ -66,7 +68,8 @@ class ResourcesSpec(UserModel):
 class SweepSpec(UserModel):
     """A whole sweep: where it is stored, what trains, on how many subsets."""
 
-    store: str = Field(description="Path of the Zarr store (a shared filesystem path on a cluster).")
+    store: str = Field(description="Where the Zarr store is: a path (on a cluster, one every node mounts) or "
+                                   "s3://bucket/prefix (any S3-compatible endpoint, configured the AWS way).")
     recipe: RecipeSpec
     alpha: float | None = Field(None, gt=0, lt=1, description="Subset fraction: each model trains on exactly round(alpha*N) examples. Required unless masks_file is given.")
     masks_file: str | None = Field(None, description="Optional .npy of bool [num_models, N_train]: explicit subsets instead of random ones (e.g. retraining without chosen examples). Must be on a filesystem every worker sees.")
@@ -77,6 +80,15 @@ class SweepSpec(UserModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retries: int = Field(2, ge=0, description="Attempts after the first before a block is recorded as failed.")
     timeout_s: float = Field(3600.0, gt=0, description="Driver-side limit on one block's wall time.")
+
+    @field_validator("store")
+    @classmethod
+    def _store_is_a_path_or_s3_uri(cls, value: str) -> str:
+        try:
+            store_location(value)  # parses only: nothing is contacted
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _num_models_is_whole_blocks(self) -> SweepSpec:

@@ -1,15 +1,19 @@
 """A sweep's Zarr v3 store: created at full size, written a whole block at a time.
 
-Layout (DESIGN.md)::
+Layout (DESIGN.md; docs/store-layout.md for Zarr, xarray, dask and tensorstore users)::
 
     <store>/            attrs["dmsweep"]: the store's metadata (storage.metadata: kind, spec or
                         provenance, spec_hash, format_version, dataset, num_models, block, outputs)
-      masks             bool    [M, N_train]      chunks (block, N_train)
-      margins/test      float16 [M, N_test]       chunks (block, N_test)
-      margins/train     float16 [M, N_train]      (optional)
-      logits/test       float16 [M, N_test, C]    (optional)
-      ledger/...        per-block status, attempts, seconds, node, checksum, error
+      masks             bool    [M, N_train]      (model, train)        chunks (block, N_train)
+      margins/test      float16 [M, N_test]       (model, test)         chunks (block, N_test)
+      margins/train     float16 [M, N_train]      (model, train)        (optional)
+      logits/test       float16 [M, N_test, C]    (model, test, class)  (optional)
+      ledger/...        per-block status, attempts, seconds, node, checksum, error   (block)
       datamodels/<name>/...
+    <store>.dmsweep/    the state area, not Zarr: lease, event log, ledger journal (storage.location)
+
+The store is a local path or ``s3://bucket/prefix`` (:mod:`storage.location`);
+chunk writes are whole chunks, one PUT each on S3.
 
 A block is the unit of work and of storage: block ``b`` is rows
 ``[b*block, (b+1)*block)``, exactly one chunk of every per-model array. A sweep's
@@ -23,7 +27,8 @@ import enum
 import json
 import os
 import shutil
-import uuid
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +40,23 @@ import zarr
 from storage.checksum import block_checksum
 from storage.codecs import ARRAY_CONFIG, checked_compressors
 from storage.errors import BlockFailedError, InputError, StoreError, StoreMismatchError
-from storage.layout import MASKS, DatasetInfo, output_dtype, output_row_shape
+from storage.layout import MASKS, DatasetInfo, output_dimensions, output_dtype, output_row_shape
 from storage.ledger import Ledger
+from storage.location import LocalLocation, StoreLocation, store_location
 from storage.metadata import ATTRS_KEY, ImportMetadata, SweepMetadata, dump_metadata, parse_metadata
 from storage.spec import SweepSpec
 
 __all__ = ["SweepStore", "BlockWrite", "StoreProbe", "probe_store", "ATTRS_KEY"]
+
+
+def _remove_hierarchy(location: StoreLocation, *, keep_dir: bool = False) -> None:
+    """Delete what an unfinished init wrote (never a store: callers probed first)."""
+    if isinstance(location, LocalLocation):
+        shutil.rmtree(location.path, ignore_errors=True)
+        if keep_dir:
+            location.path.mkdir(exist_ok=True)  # the empty directory the user made for us
+    else:
+        location.root.delete_all()
 
 
 @dataclass(frozen=True)
@@ -52,39 +68,58 @@ class BlockWrite:
 
 
 class StoreProbe(enum.Enum):
-    """What is at a store path."""
+    """What is at a store's location."""
 
     ABSENT = "absent"  # nothing there
     EMPTY = "empty"  # an empty directory: a store may be created in it
+    PARTIAL = "partial"  # an init that did not finish (no marker yet): it may be created again
     STORE = "store"  # a Zarr group with dmsweep metadata (validated when opened)
     OTHER = "other"  # something that is not a dmsweep store
 
 
-def probe_store(path: str | Path) -> StoreProbe:
-    """Look at ``path`` without opening it as a store.
+#: Written to the state area first at init and removed last: a location holding
+#: it but no marker is an interrupted init (:attr:`StoreProbe.PARTIAL`).
+_CREATING = "creating.json"
+
+
+def probe_store(store: str | Path | StoreLocation) -> StoreProbe:
+    """Look at a store's location without opening it as a store.
+
+    A store exists once its marker does: the root ``zarr.json`` with dmsweep
+    attributes, the last thing init writes.
 
     Raises
     ------
     StoreError
-        The path cannot be read (permission denied, an I/O error): that is
+        The location cannot be read (permission denied, an I/O error): that is
         never mistaken for "not a store".
+    StoreAccessError
+        An object store that cannot be used (no credentials, no bucket, no answer).
     """
-    path = Path(path)
+    location = store_location(store)
     try:
-        if not path.exists():
-            return StoreProbe.ABSENT
-        if path.is_dir() and not any(path.iterdir()):
-            return StoreProbe.EMPTY
-        marker = path / "zarr.json"
-        if not marker.is_file():
-            return StoreProbe.OTHER
-        document = json.loads(marker.read_text())
-    except json.JSONDecodeError:
+        if isinstance(location, LocalLocation):
+            path = location.path
+            if not path.exists():
+                return StoreProbe.PARTIAL if location.state.get(_CREATING) else StoreProbe.ABSENT
+            if not path.is_dir():
+                return StoreProbe.OTHER
+            if not any(path.iterdir()):
+                return StoreProbe.EMPTY
+        marker = location.root.get("zarr.json")
+        if marker is None:
+            if location.state.get(_CREATING):
+                return StoreProbe.PARTIAL
+            return StoreProbe.ABSENT if not location.is_local and not location.root.list() else StoreProbe.OTHER
+        document = json.loads(marker.data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return StoreProbe.OTHER
     except OSError as exc:
-        raise StoreError(f"cannot read the store at {str(path)!r}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot read the store at {location.uri!r}: {exc.strerror or exc}") from None
     attrs = document.get("attributes") if isinstance(document, dict) else None
-    return StoreProbe.STORE if isinstance(attrs, dict) and ATTRS_KEY in attrs else StoreProbe.OTHER
+    if isinstance(attrs, dict) and ATTRS_KEY in attrs:
+        return StoreProbe.STORE
+    return StoreProbe.PARTIAL if location.state.get(_CREATING) else StoreProbe.OTHER
 
 
 def _rows_to_index(rows: slice | np.ndarray | Sequence[int], num_models: int) -> np.ndarray:
@@ -111,46 +146,57 @@ class SweepStore:
 
     Array handles are looked up afresh for every read and write, so a handle
     never outlives a resize (a stale zarr handle silently drops writes past its
-    old shape).
+    old shape). The ledger is read once per handle (and kept current by the
+    handle's own writes): a reader sees the blocks complete when it first
+    asked; :meth:`reopen` sees the store as it is now.
     """
 
     def __init__(
-        self, group: zarr.Group, path: Path, mode: Literal["r", "r+"], metadata: SweepMetadata | ImportMetadata
+        self, group: zarr.Group, location: StoreLocation, mode: Literal["r", "r+"],
+        metadata: SweepMetadata | ImportMetadata,
     ) -> None:
         self._group = group
-        self._path = path
+        self._location = location
         self._mode = mode
         self._meta = metadata
+        self._ledger: Ledger | None = None
 
     # -- creation and opening ------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, metadata: SweepMetadata | ImportMetadata) -> SweepStore:
-        """Create a store with every array at full size, atomically.
+    def create(cls, location: str | Path | StoreLocation, metadata: SweepMetadata | ImportMetadata) -> SweepStore:
+        """Create a store with every array at full size; it exists once all of it does.
 
-        The store is built in a hidden sibling directory and renamed into
-        place, so a crash during creation leaves nothing at ``path``.
+        Everything is written first and the marker (the root ``zarr.json`` with
+        dmsweep attributes) last, so an interrupted init leaves no store:
+        opening says so, and creating again starts over. The same on a disk and
+        on S3 (where there is no rename to make it atomic otherwise).
 
         Parameters
         ----------
-        path : where the store goes (absent, or an empty directory).
+        location : where the store goes (absent, an empty directory, or an
+            interrupted init): a path or ``s3://bucket/prefix``.
         metadata : what the store is (:func:`storage.metadata.sweep_metadata` or
             :func:`storage.metadata.import_metadata`).
         """
-        path = Path(path)
-        probe = probe_store(path)
-        if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY):
+        location = store_location(location)
+        probe = probe_store(location)
+        if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
             what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
-            raise StoreMismatchError(f"store path {str(path)!r} already exists and holds {what}")
+            raise StoreMismatchError(f"store path {location.uri!r} already exists and holds {what}")
         num_models, block = metadata.num_models, metadata.block
         if isinstance(metadata, SweepMetadata) and num_models % block:
             raise InputError(f"num_models ({num_models}) must be a positive multiple of block ({block})",
                              params=("num_models", "block"))
-        parent = path.parent
-        if not parent.is_dir():
-            raise InputError(f"parent directory of the store {str(parent)!r} does not exist", params=("store",))
-        staging = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
+        if isinstance(location, LocalLocation) and not location.path.parent.is_dir():
+            raise InputError(f"parent directory of the store {str(location.path.parent)!r} does not exist",
+                             params=("store",))
+        if probe is StoreProbe.PARTIAL:
+            _remove_hierarchy(location)
+        location.state.delete_all()  # the state of an earlier store at this path (its lease, log, journal)
+        location.state.put(_CREATING, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                  "time": time.time()}).encode())
         try:
-            group = zarr.open_group(str(staging), mode="w-")
+            group = zarr.open_group(location.zarr_store(read_only=False), mode="a")
             for name in (MASKS, *metadata.outputs):
                 row_shape = output_row_shape(name, metadata.dataset)
                 dtype = output_dtype(name)
@@ -160,50 +206,59 @@ class SweepStore:
                     chunks=(block, *row_shape),
                     dtype=dtype,
                     fill_value=False if dtype == np.dtype(bool) else 0.0,
+                    dimension_names=output_dimensions(name),
                     compressors=checked_compressors(),
                     config=ARRAY_CONFIG,
                 )
-            Ledger.create(group, metadata.num_blocks)
-            group.attrs[ATTRS_KEY] = dump_metadata(metadata)
-            if path.exists():
-                path.rmdir()  # an empty directory the user made for us
-            os.rename(staging, path)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        return cls.open(path, mode="r+")
+            Ledger.create(group, metadata.num_blocks, root=location.root, state=location.state)
+            group.attrs[ATTRS_KEY] = dump_metadata(metadata)  # the marker: the store exists from here on
+        except BaseException:
+            _remove_hierarchy(location, keep_dir=probe is StoreProbe.EMPTY)
+            location.state.delete_all()
+            raise
+        location.state.delete(_CREATING)
+        return cls.open(location, mode="r+")
 
     @classmethod
-    def open(cls, path: str | Path, *, mode: Literal["r", "r+"] = "r") -> SweepStore:
+    def open(cls, location: str | Path | StoreLocation, *, mode: Literal["r", "r+"] = "r") -> SweepStore:
         """Open an existing store and validate its metadata.
 
         Raises
         ------
         InputError
-            Nothing at ``path``.
+            Nothing at ``location``, or an init that did not finish.
         StoreMismatchError
             Not a dmsweep store, another layout version, or metadata that fails
             validation or whose spec hash no longer matches.
         StoreError
-            The path cannot be read.
+            The location cannot be read.
         """
-        path = Path(path)
-        probe = probe_store(path)
+        location = store_location(location)
+        probe = probe_store(location)
         if probe is StoreProbe.ABSENT:
-            raise InputError(f"no store at {str(path)!r}", params=("store",))
+            raise InputError(f"no store at {location.uri!r}", params=("store",))
+        if probe is StoreProbe.PARTIAL:
+            raise InputError(f"{location.uri!r} holds an init that did not finish; `dmsweep init` or `run` "
+                             "creates the store again", params=("store",))
         if probe is not StoreProbe.STORE:
-            raise StoreMismatchError(f"{str(path)!r} is not a dmsweep store", params=("store",))
-        group = zarr.open_group(str(path), mode=mode)
-        return cls(group, path, mode, parse_metadata(group.attrs, where=str(path)))
+            raise StoreMismatchError(f"{location.uri!r} is not a dmsweep store", params=("store",))
+        group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
+        return cls(group, location, mode, parse_metadata(group.attrs, where=location.uri))
 
     def reopen(self) -> SweepStore:
         """A fresh handle (after another process resized or re-ledgered the store)."""
-        return SweepStore.open(self._path, mode=self._mode)
+        return SweepStore.open(self._location, mode=self._mode)
 
     # -- metadata ------------------------------------------------------------
     @property
-    def path(self) -> Path:
-        return self._path
+    def location(self) -> StoreLocation:
+        """Where the store is; ``str()`` of it is the path or ``s3://`` URI."""
+        return self._location
+
+    @property
+    def path(self) -> StoreLocation:
+        """The same as :attr:`location` (``str(store.path)`` and ``store.path.name`` read as before)."""
+        return self._location
 
     @property
     def group(self) -> zarr.Group:
@@ -249,13 +304,19 @@ class SweepStore:
 
     @property
     def ledger(self) -> Ledger:
-        return Ledger(self._group["ledger"])  # type: ignore[arg-type]
+        """The store's ledger (one per handle: it keeps the table it read and what it wrote)."""
+        if self._ledger is None:
+            self._ledger = Ledger(self._group["ledger"], root=self._location.root,  # type: ignore[arg-type]
+                                  state=self._location.state)
+        return self._ledger
 
     def array(self, name: str) -> zarr.Array:
         """A fresh handle on a per-model array (``masks`` or an output name)."""
         if name != MASKS and name not in self.outputs:
             raise InputError(f"store has no array {name!r}; it has {[MASKS, *self.outputs]}")
-        return zarr.open_array(str(self._path / name), mode=self._mode)
+        # The creation-time config is not stored: an opened array needs it again, or an
+        # all-fill chunk would be deleted instead of written.
+        return zarr.open_array(self._group.store, path=name, mode=self._mode).with_config(ARRAY_CONFIG)
 
     def block_rows(self, block_id: int) -> range:
         """Rows of block ``block_id`` (the last block of an import may be short)."""
@@ -297,7 +358,7 @@ class SweepStore:
         """Grow every per-model array and the ledger to ``spec.num_models`` (the driver's ``extend``)."""
         meta = self._meta
         if not isinstance(meta, SweepMetadata):
-            raise InputError(f"{str(self._path)!r} is an imported store: nothing can be trained into it, so it cannot grow")
+            raise InputError(f"{self._location.uri!r} is an imported store: nothing can be trained into it, so it cannot grow")
         num_models = spec.num_models
         if num_models < self.num_models:
             raise InputError(f"num_models can only grow: the store has {self.num_models}, asked {num_models}",
@@ -328,7 +389,8 @@ class SweepStore:
         """
         index = _rows_to_index(rows, self.num_models)
         complete = np.zeros(self.num_blocks, dtype=bool)
-        complete[self.ledger.completed_blocks()] = True
+        blocks = self.ledger.completed_blocks()
+        complete[blocks[blocks < self.num_blocks]] = True
         incomplete = index[~complete[index // self.block]]
         if incomplete.size:
             raise InputError(

@@ -23,36 +23,32 @@ class _Gate(BaseModel):
     gate_from_block: int = Field(0, ge=0)
 
 
-def _wait_for_gate(params: _Gate, block: TrainingBlock) -> None:
-    if block.block_id >= params.gate_from_block:
-        gate, pause = Path(params.gate_file), threading.Event()
-        while not gate.exists():
-            pause.wait(0.05)
+class _Gated:
+    """Mixed in before a recipe class: hold its blocks at the gate, then train as it does."""
+
+    params: _Gate
+
+    def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
+        if block.block_id >= self.params.gate_from_block:
+            gate, pause = Path(self.params.gate_file), threading.Event()
+            while not gate.exists():
+                pause.wait(0.05)
+        return super().train_block(block)  # type: ignore[misc]
 
 
 class GatedMnist1dParams(Mnist1dCnnParams, _Gate):
     pass
 
 
-class GatedMnist1dCnn(Mnist1dCnn):
+class GatedMnist1dCnn(_Gated, Mnist1dCnn):
     name = "gated-mnist1d-cnn"
     Params = GatedMnist1dParams
-    params: GatedMnist1dParams
-
-    def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
-        _wait_for_gate(self.params, block)
-        return super().train_block(block)
 
 
 class GatedNoopParams(NoopParams, _Gate):
     pass
 
 
-class GatedNoop(NoopRecipe):
+class GatedNoop(_Gated, NoopRecipe):
     name = "gated-noop"
     Params = GatedNoopParams
-    params: GatedNoopParams
-
-    def train_block(self, block: TrainingBlock) -> dict[str, np.ndarray]:
-        _wait_for_gate(self.params, block)
-        return super().train_block(block)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from storage.errors import BlockFailedError, EnvironmentFault, InputError
+from storage.location import StoreLocation, store_location
+from storage.npy_source import open_npy
 from storage.sweep_store import SweepStore
 from workers.device import resolve_device
 from workers.masks import block_masks, block_seeds
@@ -48,18 +50,20 @@ class BlockRunner:
 
     Parameters
     ----------
-    store_path : the sweep's store (must exist).
+    store_path : the sweep's store (must exist): a path or ``s3://`` URI.
     device : torch device for training; ``None`` picks CUDA when present
         (:func:`workers.device.resolve_device`).
     node : a name for where this runs, recorded in the ledger.
     """
 
-    def __init__(self, store_path: str | Path, *, device: str | None = None, node: str | None = None) -> None:
-        self._store_path = Path(store_path)
+    def __init__(
+        self, store_path: str | Path | StoreLocation, *, device: str | None = None, node: str | None = None
+    ) -> None:
+        self._store_path = store_location(store_path)
         store = SweepStore.open(self._store_path, mode="r")
         spec = store.spec
         if spec is None:
-            raise InputError(f"{str(self._store_path)!r} is an imported store; it has no recipe to train with")
+            raise InputError(f"{self._store_path.uri!r} is an imported store; it has no recipe to train with")
         self._seed = spec.seed
         self._alpha = spec.alpha
         self._masks_file = spec.masks_file
@@ -100,7 +104,7 @@ class BlockRunner:
         except OSError as exc:
             # Disk full, permission denied, read-only: the store's fault, not the block's;
             # the driver stops the sweep on it instead of retrying every block in turn.
-            fault = EnvironmentFault.classify(exc, store=self._store_path, action=f"writing block {block_id}")
+            fault = EnvironmentFault.classify(exc, store=self._store_path.uri, action=f"writing block {block_id}")
             if fault is None:
                 raise
             raise fault from exc
@@ -118,7 +122,7 @@ class BlockRunner:
 
     def _block_masks(self, rows: range) -> np.ndarray:
         if self._masks_file is not None:
-            explicit = np.load(self._masks_file, mmap_mode="r")
+            explicit = open_npy(self._masks_file)  # a path every node mounts, or an s3:// object
             return np.array(explicit[rows.start : rows.stop], dtype=bool)
         if self._alpha is None:  # the spec model requires one of the two
             raise BlockFailedError("the spec has neither alpha nor masks_file")

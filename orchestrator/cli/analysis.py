@@ -20,7 +20,7 @@ from storage.errors import InputError
 
 __all__ = ["register"]
 
-StoreArg = Annotated[Path, typer.Argument(help="Sweep store holding the datamodels.")]
+StoreArg = Annotated[str, typer.Argument(help="Sweep store holding the datamodels (a path or s3://bucket/prefix).")]
 NameOpt = Annotated[str | None, typer.Option(help="Datamodels name (default: the store's only datamodels).")]
 OutOpt = Annotated[
     Path | None, typer.Option(help="Folder for the JSON result and figures (default: <store>.analysis/<kind>/).")
@@ -82,7 +82,7 @@ def _targets(text: str | None, shape: Any) -> Any:
 
 
 def _analyse_examples(
-    store: Path, name: str | None, targets: str | None, out: Path | None, kind: str,
+    store: str, name: str | None, targets: str | None, out: Path | None, kind: str,
     analyse: Callable[[str, Any, Any], tuple[Any, Callable[[Path], list[Path]]]],
 ) -> tuple[Any, list[Path]]:
     """What the commands that draw training examples share: check ``--out``, find the
@@ -254,7 +254,7 @@ def lds_curve_command(
     store: StoreArg,
     name: NameOpt = None,
     points: Annotated[str | None, typer.Option(help="Prefix sizes in models, e.g. 128,256,512 (default n/8,n/4,n/2).")] = None,
-    eval_store: Annotated[Path | None, typer.Option(help="A store of models on fresh subsets to evaluate on.")] = None,
+    eval_store: Annotated[str | None, typer.Option(help="A store of models on fresh subsets to evaluate on.")] = None,
     eval_rows: Annotated[str | None, typer.Option(help="Held-out rows START:END (default: rows the fit did not use).")] = None,
     targets: Annotated[str | None, typer.Option(help="Target columns A:B to fit and evaluate (a cheaper curve).")] = None,
     device: Annotated[str, typer.Option(help="Device of the prefix fits: auto, cpu, cuda[:i].")] = "auto",
@@ -293,7 +293,7 @@ def lds_curve_command(
 
 
 def report(
-    store: Annotated[Path, typer.Argument(help="Sweep store with fitted datamodels.")],
+    store: Annotated[str, typer.Argument(help="Sweep store with fitted datamodels (a path or s3://bucket/prefix).")],
     name: NameOpt = None,
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: <store>.analysis/report.html).")] = None,
     lds_curve: Annotated[str, typer.Option(help="auto (recorded or computed), stored (only a recorded one) or skip.")] = "auto",

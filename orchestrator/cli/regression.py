@@ -15,7 +15,7 @@ __all__ = ["register"]
 
 @with_model_options(SolverConfig, into="config")
 def fit(
-    store: Annotated[Path, typer.Argument(help="A dmsweep store.")],
+    store: Annotated[str, typer.Argument(help="A dmsweep store (a path or s3://bucket/prefix).")],
     name: Annotated[str, typer.Option(help="Name of the datamodels (datamodels/NAME in the store).")],
     config: SolverConfig,
     rows: Annotated[str | None, typer.Option(help="Model rows START:END to fit on (completed rows inside).")] = None,
@@ -52,9 +52,9 @@ def fit(
 
 
 def evaluate(
-    store: Annotated[Path, typer.Argument(help="Store holding the datamodels.")],
+    store: Annotated[str, typer.Argument(help="Store holding the datamodels (a path or s3://bucket/prefix).")],
     name: Annotated[str, typer.Option(help="Name of the datamodels.")],
-    eval_store: Annotated[Path | None, typer.Option(help="A store of models on fresh subsets of the same data.")] = None,
+    eval_store: Annotated[str | None, typer.Option(help="A store of models on fresh subsets of the same data.")] = None,
     rows: Annotated[str | None, typer.Option(help="Held-out rows START:END (of the eval store, or of STORE).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -68,7 +68,7 @@ def evaluate(
 
 
 def import_npy(
-    store: Annotated[Path, typer.Argument(help="Store to create.")],
+    store: Annotated[str, typer.Argument(help="Store to create (a path or s3://bucket/prefix).")],
     masks: Annotated[Path, typer.Option(help="Bool .npy [M, N_train] (the datamodels-data format).")],
     margins: Annotated[Path, typer.Option(help="Float .npy [M, N_test].")],
     block: Annotated[int, typer.Option(help="Rows per block/chunk; must divide M.")] = 1000,
@@ -87,7 +87,7 @@ def import_npy(
 
 
 def export(
-    store: Annotated[Path, typer.Argument(help="Store holding the datamodels.")],
+    store: Annotated[str, typer.Argument(help="Store holding the datamodels (a path or s3://bucket/prefix).")],
     out: Annotated[Path, typer.Argument(help="Output .pt file, or directory for npy.")],
     name: Annotated[str, typer.Option(help="Name of the datamodels.")],
     fmt: Annotated[str, typer.Option("--format", help="pt (a dict of tensors) or npy (a directory).")] = "pt",

@@ -15,7 +15,7 @@ from storage.status import StoreStatus
 
 __all__ = ["register"]
 
-StoreArg = Annotated[Path, typer.Argument(help="A dmsweep store (a sweep's, or an imported one).")]
+StoreArg = Annotated[str, typer.Argument(help="A dmsweep store (a sweep's, or an imported one): a path or s3://bucket/prefix.")]
 SpecArg = Annotated[Path, typer.Argument(help="Sweep spec (YAML).")]
 
 

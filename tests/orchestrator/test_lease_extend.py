@@ -19,6 +19,7 @@ from orchestrator.api import extend_sweep, load_spec, run_sweep
 from storage.errors import LeaseHeldError
 from storage.events import read_events
 from storage.lease import LEASE_FILE, read_lease
+from storage.location import store_location
 from storage.sweep_store import SweepStore
 
 BASE = {
@@ -91,22 +92,22 @@ def test_stale_and_abandoned_leases_are_taken_over_and_extend_fills_only_new_blo
 
     # A driver that died on this host without releasing: taken over at once.
     lease = {"holder": "x", "host": socket.gethostname(), "pid": dead_pid(), "heartbeat": time.time(), "ttl_s": 30.0}
-    (store_path / LEASE_FILE).write_text(json.dumps(lease))
+    store_location(store_path).state.put(LEASE_FILE, json.dumps(lease).encode())
     grown = cli("extend", str(store_path), "--num-models", "24", "--json")
     assert grown.returncode == 0, grown.stderr
     assert json.loads(grown.stdout)["num_models"] == 24
 
     # A driver on another host whose heartbeat stopped long ago: taken over (stale).
     lease = {"holder": "y", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 120, "ttl_s": 30.0}
-    (store_path / LEASE_FILE).write_text(json.dumps(lease))
+    store_location(store_path).state.put(LEASE_FILE, json.dumps(lease).encode())
     # A fresh one from another host is respected.
     # The spec as written before the extend (num_models 16) runs the extended store.
     extended = load_spec(spec_path)
     fresh = {**lease, "heartbeat": time.time()}
-    (store_path / LEASE_FILE).write_text(json.dumps(fresh))
+    store_location(store_path).state.put(LEASE_FILE, json.dumps(fresh).encode())
     with pytest.raises(LeaseHeldError):
         run_sweep(extended, progress=False)
-    (store_path / LEASE_FILE).write_text(json.dumps(lease))
+    store_location(store_path).state.put(LEASE_FILE, json.dumps(lease).encode())
 
     events_before = len(list(read_events(store_path)))
     result = run_sweep(extended, progress=False)
@@ -142,5 +143,5 @@ def test_resume_with_a_different_spec_names_the_fields_and_exits_2(tmp_path: Pat
     for field in ("alpha: 0.5 -> 0.25", "seed: 11 -> 12", "recipe.params.n_test: 12 -> 13"):
         assert field in message, message
     assert sorted(p.name for p in store.iterdir()) == before
-    assert not (store / LEASE_FILE).exists()
+    assert store_location(store).state.get(LEASE_FILE) is None
     assert os.path.isdir(store)

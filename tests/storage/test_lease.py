@@ -6,6 +6,7 @@ import pytest
 
 from storage.errors import LeaseHeldError
 from storage.lease import LEASE_FILE, Lease, read_lease
+from storage.location import store_location
 
 
 class FakeClock:
@@ -56,6 +57,8 @@ def test_renewed_lease_stays_fresh(tmp_path) -> None:
 
 
 def test_torn_lease_file_is_no_lease(tmp_path) -> None:
-    (tmp_path / LEASE_FILE).write_text("{not json")
-    with Lease(tmp_path, ttl_s=5) as lease:
-        assert json.loads((tmp_path / LEASE_FILE).read_text())["holder"] == lease.holder
+    state = store_location(tmp_path / "s.zarr").state
+    state.put(LEASE_FILE, b"{not json")
+    with Lease(tmp_path / "s.zarr", ttl_s=5) as lease:
+        assert json.loads(state.get(LEASE_FILE).data)["holder"] == lease.holder
+    assert read_lease(tmp_path / "s.zarr") is None  # released: replaced by a lease nobody holds

@@ -104,7 +104,7 @@ def test_create_refuses_existing_paths(tmp_path) -> None:
         make_store(other)
     with pytest.raises(StoreMismatchError, match="not a dmsweep store"):
         SweepStore.open(other)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "s.zarr"]  # no staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "s.zarr"]  # nothing else left behind
 
 
 def test_resize_keeps_rows_and_grows_ledger(tmp_path) -> None:
