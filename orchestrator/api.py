@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,10 +24,10 @@ from orchestrator.run_lifecycle import (
 from orchestrator.spec import SweepSpec, load_spec
 from storage.status import StoreStatus, store_status
 from orchestrator.sweep_store_setup import check_store_matches, open_store_for_spec, stored_spec
-from storage.errors import InputError, StoreMismatchError
+from storage.errors import InputError, LeaseHeldError, StoreMismatchError
 from storage.events import EventLog
 from storage.lease import Lease, clear_lease, read_lease
-from storage.location import StoreLocation, is_uri, store_location
+from storage.location import STATE_SUFFIX, StoreLocation, is_uri, store_location
 from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from storage.verify import VerifyReport, verify_store
 
@@ -110,12 +112,25 @@ def _open_or_create(spec: SweepSpec) -> SweepStore:
     location = store_location(spec.store)
     try:
         return open_store_for_spec(spec)[0]
+    except LeaseHeldError:
+        # Its creator holds the init claim: a store is there within seconds.
+        _wait_for_store(location)
     except (OSError, StoreMismatchError) as exc:
         if probe_store(location) is not StoreProbe.STORE:
             if isinstance(exc, OSError):
                 raise_environment_fault(exc, location.uri, "creating the store")
             raise
     return open_store_for_spec(spec)[0]
+
+
+def _wait_for_store(location: StoreLocation, *, timeout_s: float = 120.0) -> None:
+    """Wait while another process creates the store; LeaseHeldError if it has not within ``timeout_s``."""
+    deadline, pause = time.monotonic() + timeout_s, threading.Event()
+    while probe_store(location) is not StoreProbe.STORE:
+        if time.monotonic() > deadline:
+            raise LeaseHeldError(f"another process has been creating the store at {location.uri!r} for over "
+                                 f"{timeout_s:.0f}s; if it is gone, remove {location.uri}{STATE_SUFFIX}/creating.json")
+        pause.wait(0.2)
 
 
 def init_sweep(spec: SweepSpec) -> SweepStore:
