@@ -48,6 +48,9 @@ __all__ = ["SweepDriver"]
 #: Longest single wait on Ray: the loop wakes at least this often to check the
 #: lease, a stop request and actor start-up, even when no block is due.
 _MAX_WAIT_S = 1.0
+#: The event log writes what it holds when a later event comes; while every
+#: actor is busy with a long block none comes, so the loop writes it this often.
+_EVENTS_FLUSH_S = 5.0
 
 
 class SweepDriver:
@@ -177,6 +180,7 @@ class SweepDriver:
         running = sorted(slot.queue[0].block_id for slot in self._slots if slot.queue)
         self._events.write("run_stopping", reason=self._stop.reason, running_blocks=running,
                            drain_timeout_s=self._options.drain_timeout_s)
+        self._events.flush()  # whoever stopped the run may be watching for this
 
     def _check_stop(self) -> None:
         if self._lease.lost:
@@ -294,11 +298,14 @@ class SweepDriver:
     def _loop(self) -> None:
         timeout = self._spec.timeout_s
         last_ready = self._clock()
-        last_scan = self._clock()
+        last_scan = last_flush = self._clock()
         while True:
             self._check_stop()
             if self._finished():
                 return
+            if self._clock() - last_flush >= _EVENTS_FLUSH_S:
+                last_flush = self._clock()
+                self._events.flush()
             if not self._draining:
                 if self._clock() - last_scan >= self._options.rescan_s:
                     last_scan = self._clock()

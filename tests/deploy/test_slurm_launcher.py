@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from chaos_support import check_store, completed_blocks, free_port, read_events, short_tempdir, write_sweep
+from gated_recipe import held_blocks
 from slurm_cluster import SlurmCluster, missing_slurm
 from waiting import wait_until
 
@@ -61,15 +62,6 @@ def events(store: Path, kind: str) -> list[dict]:
     return [e for e in read_events(store) if e["event"] == kind] if store.exists() else []
 
 
-def held(store: Path, run: int) -> bool:
-    """The ``run``-th driver has started two blocks at the gate (both actors hold one)."""
-    starts = [i for i, e in enumerate(read_events(store)) if e["event"] == "run_started"] if store.exists() else []
-    if len(starts) < run:
-        return False
-    later = read_events(store)[starts[run - 1]:]
-    return len({e["block"] for e in later if e["event"] == "block_started" and e["block"] >= GATE_FROM}) >= 2
-
-
 @pytest.mark.slow
 def test_requeued_launcher_resumes_the_sweep_and_completes_every_row_once(
     slurm: SlurmCluster, chaos, work: Path
@@ -107,7 +99,7 @@ def test_requeued_launcher_resumes_the_sweep_and_completes_every_row_once(
         assert predicate(), f"{what}: the job ended: {job_log()[-4000:]}"
 
     # Start 1, held at the gate: the time limit approaches (USR1 to the batch shell).
-    wait_for(lambda: completed_blocks(sweep.store) == GATE_FROM and held(sweep.store, 1), "start 1 at the gate")
+    wait_for(lambda: completed_blocks(sweep.store) == GATE_FROM and len(held_blocks(gate)) == 2, "start 1 at the gate")
     slurm.run("scancel", "--batch", "--signal=USR1", job)
     wait_for(lambda: events(sweep.store, "run_stopping"), "start 1 to stop")
     gate.touch()  # the two running blocks finish while the driver stops, and are ledgered
@@ -118,7 +110,7 @@ def test_requeued_launcher_resumes_the_sweep_and_completes_every_row_once(
     wait_for(lambda: "requeueing job" in job_log(), "the launcher to requeue itself")
 
     # Start 2, held at the gate: preempted (scontrol requeue signals every process of the job).
-    wait_for(lambda: held(sweep.store, 2), "start 2 at the gate")
+    wait_for(lambda: len(held_blocks(gate)) == 4, "start 2 at the gate")  # the next two blocks
     assert slurm.job_field(job, "Restarts") == "1"
     slurm.run("scontrol", "requeue", job)
     wait_for(lambda: slurm.job_field(job, "Restarts") == "2", "the job to be requeued")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from chaos_support import ChaosContext, DriverProcess, Sweep, check_store, completed_blocks, free_port, write_sweep
 from chaos_trials import tmpfs_unavailable
+from gated_recipe import held_blocks
 from waiting import wait_until
 
 from orchestrator.api import load_spec, run_sweep
@@ -47,15 +48,16 @@ def events(store: Path, kind: str) -> list[dict]:
     return [e for e in read_events(store) if e["event"] == kind]
 
 
-def held_at_gate(sweep: Sweep, driver: DriverProcess) -> None:
-    """Wait until the blocks before the gate are ledgered and both actors run a gated block."""
+def held_at_gate(sweep: Sweep, gate: Path, driver: DriverProcess, *, before: set[int] = frozenset()) -> set[int]:
+    """Wait until the blocks before the gate are ledgered and both actors hold a gated block; return those."""
 
-    def held() -> bool:
-        started = {e["block"] for e in events(sweep.store, "block_started")} if sweep.store.exists() else set()
-        return completed_blocks(sweep.store) == GATE_FROM and len({b for b in started if b >= GATE_FROM}) >= 2
+    def held() -> set[int]:
+        new = held_blocks(gate) - before
+        return new if len(new) >= 2 and completed_blocks(sweep.store) >= GATE_FROM else set()
 
-    wait_until(lambda: held() or not driver.running(), timeout=180, what="two actors held at the gate")
+    blocks = wait_until(lambda: held() or not driver.running(), timeout=180, what="two actors held at the gate")
     assert driver.running(), driver.stderr_lines()[-5:]
+    return blocks
 
 
 def stopping(sweep: Sweep, driver: DriverProcess, count: int = 1) -> dict:
@@ -92,11 +94,11 @@ def test_an_address_no_ray_answers_at_is_one_line_exit_2_before_anything_is_writ
 def test_sigterm_ledgers_the_running_blocks_then_exits_3_and_a_second_sigint_interrupts_at_once(chaos) -> None:
     sweep, gate, reference = gated_sweep(chaos, "sigterm")
     driver = chaos.driver(chaos.run_args(sweep), log=sweep.store.parent / "first.log")
-    held_at_gate(sweep, driver)
+    first_held = held_at_gate(sweep, gate, driver)
     driver.signal(signal.SIGTERM)
     stop = stopping(sweep, driver)
     running = stop["running_blocks"]
-    assert stop["reason"] == "SIGTERM" and len(running) == 2 and min(running) >= GATE_FROM
+    assert stop["reason"] == "SIGTERM" and set(running) == first_held
     gate.touch()  # the running blocks finish while the driver stops: their receipts are ledgered
     assert driver.wait(timeout=120) == 3
     lines = driver.stderr_lines()
@@ -110,8 +112,7 @@ def test_sigterm_ledgers_the_running_blocks_then_exits_3_and_a_second_sigint_int
     # Again with the gate closed, stopped by Ctrl-C twice: the second one does not wait for the held blocks.
     gate.unlink()
     second = chaos.driver(chaos.run_args(sweep), log=sweep.store.parent / "second.log")
-    wait_until(lambda: len(events(sweep.store, "block_started")) > len(ledgered) + 1 or not second.running(),
-               timeout=180, what="the resumed driver's blocks to start")
+    held_at_gate(sweep, gate, second, before=first_held)
     second.signal(signal.SIGINT)
     assert stopping(sweep, second, count=2)["reason"] == "SIGINT"
     second.signal(signal.SIGINT)
@@ -137,7 +138,7 @@ def test_a_read_only_store_stops_the_sweep_with_one_line_and_resumes_once_writab
         pytest.skip(f"a read-only filesystem here is a read-only bind mount, and {why}")
     sweep, gate, reference = gated_sweep(chaos, "read_only")
     driver = chaos.driver(chaos.run_args(sweep), log=sweep.store.parent / "driver.log")
-    held_at_gate(sweep, driver)
+    held_at_gate(sweep, gate, driver)
     margins = sweep.store / "margins"
     _bind_read_only(margins)  # a real read-only filesystem under the blocks' margins
     try:
@@ -168,7 +169,7 @@ def test_permission_denied_stops_the_sweep_with_one_line_and_resumes_once_fixed(
                           prefix=["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--",
                                   sys.executable, "-m", "orchestrator"])
     try:
-        held_at_gate(sweep, driver)
+        held_at_gate(sweep, gate, driver)
         locked = [sweep.store / "margins" / "test", sweep.store / "margins" / "test" / "c"]
         for path in locked:
             path.chmod(0o555)  # no new block directories
