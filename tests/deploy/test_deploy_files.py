@@ -162,25 +162,32 @@ def test_dockerfile_reads_dependencies_as_pyproject_lists_them() -> None:
 DIGEST = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
 
 
+LAUNCHERS = sorted(DEPLOY.glob("ray-cluster*.yaml"))  # the shared-volume one and its S3 variant
+RAYCLUSTERS = sorted((DEPLOY / "kuberay").glob("raycluster*.yaml"))
+
+
 def _image_references() -> dict[str, str]:
     """Every container image deploy/ runs, by where it is named."""
-    launcher = _load(DEPLOY / "ray-cluster.yaml")
-    refs = {"ray-cluster.yaml docker.image": launcher["docker"]["image"]}
-    for i, command in enumerate(launcher["initialization_commands"]):
-        for word in command.split():
-            if re.match(r"^[a-z0-9.-]+/[a-z0-9._-]+[:@]", word) and ("@sha256" in word or ":" in word.split("/")[-1]):
-                refs[f"ray-cluster.yaml initialization_commands[{i}]"] = word
-    (cluster,) = _load_all(DEPLOY / "kuberay" / "raycluster.yaml")
-    pods = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
-    for pod in pods:
-        for container in pod["spec"]["containers"]:
-            refs[f"raycluster.yaml {container['name']}"] = container["image"]
+    refs = {}
+    for path in LAUNCHERS:
+        launcher = _load(path)
+        refs[f"{path.name} docker.image"] = launcher["docker"]["image"]
+        for i, command in enumerate(launcher.get("initialization_commands") or []):
+            for word in command.split():
+                if re.match(r"^[a-z0-9.-]+/[a-z0-9._-]+[:@]", word) and ("@sha256" in word or ":" in word.split("/")[-1]):
+                    refs[f"{path.name} initialization_commands[{i}]"] = word
+    for path in RAYCLUSTERS:
+        (cluster,) = [doc for doc in _load_all(path) if doc["kind"] == "RayCluster"]
+        pods = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+        for pod in pods:
+            for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+                refs[f"{path.name} {container['name']}"] = container["image"]
     return refs
 
 
 def test_images_are_referenced_by_digest() -> None:
     refs = _image_references()
-    assert len(refs) >= 5, refs  # the dmsweep image three times, Prometheus, Grafana
+    assert len(refs) >= 8, refs  # the dmsweep image in every launcher and pod, Prometheus, Grafana, the AWS CLI
     for where, image in refs.items():
         assert DIGEST.match(image), f"{where}: {image} is not pinned by digest"
 
@@ -194,13 +201,14 @@ def test_one_image_everywhere() -> None:
 
 
 # -- the Ray cluster launcher ------------------------------------------------------------
-def test_cluster_launcher_workers_use_an_explicit_ami_and_the_token_directory() -> None:
-    config = _load(DEPLOY / "ray-cluster.yaml")
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_cluster_launcher_workers_use_an_explicit_ami_and_the_token_directory(path: Path) -> None:
+    config = _load(path)
     amis = {name: t["node_config"]["ImageId"] for name, t in config["available_node_types"].items()}
     # resolve:ssm needs ssm:GetParameters, which the autoscaler's default role lacks: scale-ups would fail.
     assert all(ami.startswith("ami-") for ami in amis.values()), amis
     assert len(set(amis.values())) == 1, f"one AMI for every node type (a wrong one then fails at `ray up`): {amis}"
-    assert "aws ssm get-parameter" in (DEPLOY / "ray-cluster.yaml").read_text()  # how to find the id
+    assert "aws ssm get-parameter" in path.read_text()  # how to find the id
     # The token's directory is mounted, not the file: a file's bind mount never sees a regenerated token.
     mounts = config["file_mounts"]
     assert mounts.get("/home/ray/.ray") == "~/.ray", mounts

@@ -83,7 +83,7 @@ def test_manifest_is_valid_for_its_kuberay_crd(name: str, doc: dict[str, Any]) -
 
 
 def _raycluster() -> dict[str, Any]:
-    (doc,) = [d for n, d in RAY_MANIFESTS if d["kind"] == "RayCluster"]
+    (doc,) = [d for n, d in RAY_MANIFESTS if n == "raycluster.yaml"]
     return copy.deepcopy(doc)
 
 
