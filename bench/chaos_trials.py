@@ -76,6 +76,15 @@ def _disk_usage(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
+def _worker_pids() -> list[int]:
+    """The processes of the sweep's live worker actors, from the GCS's actor table (this process joined that Ray;
+    the state API would need a dashboard)."""
+    from ray._private.state import actors
+
+    return [int(a["Pid"]) for a in actors().values()
+            if a.get("State") == "ALIVE" and str(a.get("Name") or "").startswith("dmsweep-") and a.get("Pid")]
+
+
 # -- the cases ---------------------------------------------------------------------------------
 def worker_sigkill(ctx: ChaosContext, rng: random.Random) -> TrialResult:
     """SIGKILL of a worker actor's process mid-sweep: the driver retries its block on a new actor."""
@@ -85,7 +94,7 @@ def worker_sigkill(ctx: ChaosContext, rng: random.Random) -> TrialResult:
     poll(lambda: completed_blocks(sweep.store) >= target or not driver.running(), timeout=300,
          what=f"{target} completed blocks")
     time.sleep(rng.uniform(0.0, 0.2))
-    pids = [e["pid"] for e in read_events(sweep.store) if e["event"] == "actor_started"]
+    pids = _worker_pids()
     fault_at = time.monotonic()
     killed = kill_pid(rng.choice(pids)) if pids and driver.running() else False
     code = driver.wait()
