@@ -28,6 +28,7 @@ from storage.errors import InputError, LeaseHeldError, StoreMismatchError
 from storage.events import EventLog
 from storage.lease import Lease, clear_lease, read_lease
 from storage.location import STATE_SUFFIX, StoreLocation, is_uri, store_location
+from storage.processes import pid_alive
 from storage.sweep_store import StoreProbe, SweepStore, probe_store
 from storage.verify import VerifyReport, verify_store
 
@@ -72,16 +73,6 @@ def _absolute_store(spec: SweepSpec, *, cluster: bool) -> SweepSpec:
     return spec.model_copy(update=update)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    return True
-
-
 def _clear_abandoned_lease(store: StoreLocation) -> bool:
     """Remove a lease whose holder is a dead process on this host; True if one was removed.
 
@@ -91,7 +82,7 @@ def _clear_abandoned_lease(store: StoreLocation) -> bool:
     only ever taken over once stale.
     """
     info = read_lease(store)
-    if info is None or info.host != socket.gethostname() or info.pid == os.getpid() or _pid_alive(info.pid):
+    if info is None or info.host != socket.gethostname() or info.pid == os.getpid() or pid_alive(info.pid):
         return False
     return clear_lease(store, info.holder)
 

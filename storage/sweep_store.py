@@ -44,6 +44,7 @@ from storage.layout import MASKS, DatasetInfo, output_dimensions, output_dtype, 
 from storage.ledger import Ledger
 from storage.location import LocalLocation, StoreLocation, store_location
 from storage.metadata import ATTRS_KEY, ImportMetadata, SweepMetadata, dump_metadata, parse_metadata
+from storage.processes import pid_alive
 from storage.spec import SweepSpec
 
 __all__ = ["SweepStore", "BlockWrite", "StoreProbe", "probe_store", "ATTRS_KEY"]
@@ -105,7 +106,7 @@ def _claim_creation(location: StoreLocation) -> None:
     except (KeyError, TypeError, ValueError):
         host, pid, since = "", 0, 0.0  # unreadable: an interrupted init's
     if host == socket.gethostname():
-        gone = not _pid_alive(pid)
+        gone = not pid_alive(pid)
     else:
         gone = time.time() - since > _CLAIM_STALE_S
     taken = gone and (location.state.put_if_match(_CREATING, claim, held.etag) if held is not None
@@ -119,16 +120,6 @@ def _refuse_existing(location: StoreLocation, probe: StoreProbe) -> None:
     if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
         what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
         raise StoreMismatchError(f"store path {location.uri!r} already exists and holds {what}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's, alive
-    return True
 
 
 def probe_store(store: str | Path | StoreLocation) -> StoreProbe:
