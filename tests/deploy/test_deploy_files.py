@@ -494,3 +494,12 @@ def test_wait_for_gpus_arguments() -> None:
     nodes = [{"Alive": True, "Resources": {"GPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}},
              {"Alive": True, "Resources": {"CPU": 8.0}}]
     assert wait.cluster_capacity(nodes) == (2, 4.0)
+
+
+def test_wait_for_gpus_gives_up_on_an_address_no_ray_answers_at(capsys: pytest.CaptureFixture[str]) -> None:
+    from chaos_support import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    assert _wait_module().main(["--gpus", "1", "--address", dead, "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect to Ray" in err and "no Ray cluster answers" in err
