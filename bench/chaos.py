@@ -67,6 +67,17 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _trial(case: str, ctx: ChaosContext, rng: random.Random) -> dict[str, Any]:
+    """One trial; one that raises (the harness's or the product's surprise) counts as not survived."""
+    started = time.monotonic()
+    try:
+        return CASES[case](ctx, rng).to_dict()
+    except Exception as exc:
+        return {"case": case, "survived": False, "rows_lost": 0, "rows_duplicated": 0,
+                "recover_s": round(time.monotonic() - started, 3), "detail": {},
+                "problems": [f"the trial raised {type(exc).__name__}: {exc}"]}
+
+
 def _cluster_trials(workdir: Path, trials: int, seed: int) -> list[dict[str, Any]]:
     bench = str(Path(__file__).resolve().parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), bench, os.environ.get("PYTHONPATH")])),
@@ -107,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results = _cluster_trials(workdir / "cluster", args.trials, args.seed)
             else:
                 rng = random.Random(f"{args.seed}-{case}")
-                results = [CASES[case](ctx, rng).to_dict() for _ in range(args.trials)]
+                results = [_trial(case, ctx, rng) for _ in range(args.trials)]
             report["cases"][case] = _summary(results)
             print(f"chaos: {case}: {report['cases'][case]['survived']}/{len(results)} survived", file=sys.stderr)
     finally:

@@ -39,6 +39,7 @@ __all__ = [
     "StoreCheck",
     "DriverProcess",
     "check_store",
+    "complete_blocks",
     "completed_blocks",
     "poll",
     "free_port",
@@ -108,16 +109,21 @@ def write_sweep(directory: Path, name: str, *, store: Path | None = None, blocks
     return Sweep(spec_path=path, store=store, spec=spec)
 
 
-def completed_blocks(store: Path) -> int:
-    """Blocks the store's ledger marks complete (0 before the store exists)."""
+def complete_blocks(store: Path) -> set[int]:
+    """The blocks the store's ledger marks complete (none while the store is absent or its init unfinished)."""
     from storage.sweep_store import StoreProbe, SweepStore, probe_store
 
     try:
         if probe_store(store) is not StoreProbe.STORE:
-            return 0
-        return int(SweepStore.open(store).ledger.completed_blocks().size)
+            return set()
+        return {int(b) for b in SweepStore.open(store).ledger.completed_blocks()}
     except Exception:  # mid-creation, or a damaged store under test: not yet countable
-        return 0
+        return set()
+
+
+def completed_blocks(store: Path) -> int:
+    """How many blocks the store's ledger marks complete."""
+    return len(complete_blocks(store))
 
 
 def read_events(store: Path) -> list[dict[str, Any]]:

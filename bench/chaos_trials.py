@@ -28,6 +28,7 @@ from chaos_support import (
     ChaosContext,
     TrialResult,
     check_store,
+    complete_blocks,
     completed_blocks,
     fault_moment,
     free_port,
@@ -120,10 +121,7 @@ def driver_sigterm(ctx: ChaosContext, rng: random.Random) -> TrialResult:
     stopping = [e for e in read_events(sweep.store) if e["event"] == "run_stopping"] if sweep.store.exists() else []
     running = stopping[0]["running_blocks"] if stopping else []
     done_after_stop = completed_blocks(sweep.store)
-    from storage.sweep_store import SweepStore
-
-    ledgered = SweepStore.open(sweep.store).ledger.statuses() if sweep.store.exists() else []
-    undrained = [b for b in running if ledgered[b] != 1]
+    undrained = [b for b in running if b not in complete_blocks(sweep.store)]
     resumed = ctx.resume(sweep, trial / "resume.log")
     recover = time.monotonic() - fault_at
     last = driver.stderr_lines()[-1:] or [""]

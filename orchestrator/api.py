@@ -160,11 +160,12 @@ def run_sweep(
     """
     spec = _absolute_store(spec, cluster=cluster_requested(address))
     check_requested_cluster(address)  # an unreachable address is bad input: refused before the store is made
-    store = _open_or_create(spec)
-    where = store.location.uri
     stop = RunStop()
     with ExitStack() as stack:
-        stack.enter_context(stop_on_signals(stop))  # from here on a signal stops the run cleanly
+        # From here on a signal stops the run cleanly (one during the store's creation lets it finish first).
+        stack.enter_context(stop_on_signals(stop))
+        store = _open_or_create(spec)
+        where = store.location.uri
         try:
             lease = _lease(store.location, ttl_s=lease_ttl_s)
             lease.acquire(heartbeat=False)
