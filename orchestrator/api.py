@@ -96,9 +96,10 @@ def _lease(store: StoreLocation, *, ttl_s: float) -> Lease:
 def _open_or_create(spec: SweepSpec) -> SweepStore:
     """The spec's store, created if absent; a store another driver created at the same moment is used as it is.
 
-    Two drivers started at once on a new store both try to create it: one
-    rename wins, the other finds the path taken. That is no fault (the lease
-    decides which of them runs), so the loser opens the winner's store.
+    Two drivers started at once on a new store both try to create it: the
+    store's init claim lets one, the other waits for that one's store (or finds
+    it there already) and opens it. That is no fault: the lease then decides
+    which of them runs.
     """
     location = store_location(spec.store)
     try:
