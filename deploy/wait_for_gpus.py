@@ -20,7 +20,7 @@ environment), which keeps a Ray job's entrypoint free of shell operators:
 command, so ``A && B`` there would run B in the submitter pod, not in the job.)
 
 Exit status: 0 when the GPUs are there (or the command's, when one is given), 1 on timeout or when Ray cannot be
-reached, 2 on bad arguments. Inside a Ray job ``RAY_ADDRESS`` is set and used;
+reached (within 10 s: dmsweep's GCS check, orchestrator/ray_runtime.py), 2 on bad arguments. Inside a Ray job ``RAY_ADDRESS`` is set and used;
 elsewhere ``--address`` (default ``auto``: the Ray running on this machine).
 Token authentication is read as Ray reads it (``RAY_AUTH_MODE=token`` with
 ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``).
@@ -100,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
+        # ray.init retries an address no GCS answers at for good: ask it once first (10 s).
+        from orchestrator.ray_runtime import check_reachable
+
+        check_reachable(address)
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # no cluster there, or a missing/wrong token
         print(f"wait_for_gpus: cannot connect to Ray at {address!r}: {exc}", file=sys.stderr)

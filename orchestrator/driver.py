@@ -10,11 +10,16 @@ to ``spec.retries`` times and then ledgered as failed, with its error.
 
 The driver is the ledger's only writer: a block becomes complete only after
 its worker wrote every chunk and its receipt came back here.
+
+Stopping early (:mod:`orchestrator.run_lifecycle`): once its :class:`RunStop`
+says so (a signal, or a fault of the store's environment), the driver hands
+out no more blocks, cancels the ones queued behind running ones, and waits up
+to ``drain_timeout_s`` for the running blocks' receipts, ledgering each that
+arrives; then it returns (a requested stop) or raises the fault.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -23,12 +28,15 @@ import numpy as np
 import ray
 import ray.exceptions
 
+from orchestrator.block_outcomes import BlockOutcomes
 from orchestrator.metrics import SweepMetrics
 from orchestrator.progress import SweepProgress
+from orchestrator.run_lifecycle import RunStop
 from orchestrator.run_options import DriverOptions, RunResult
 from orchestrator.scheduling import InFlight, Slot, WorkQueue, worker_slots
+from orchestrator.task_errors import format_task_error, one_line
 from orchestrator.worker_actor import SweepWorker
-from storage.errors import DmsweepError
+from storage.errors import DmsweepError, EnvironmentFault
 from storage.events import EventLog
 from storage.lease import Lease
 from storage.spec import SweepSpec
@@ -38,15 +46,11 @@ from workers.block_runner import BlockReceipt
 __all__ = ["SweepDriver"]
 
 #: Longest single wait on Ray: the loop wakes at least this often to check the
-#: lease and actor start-up, even when no block is due.
-_MAX_WAIT_S = 2.0
-#: Ray colours the remote traceback for terminals; the ledger keeps plain text.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
+#: lease, a stop request and actor start-up, even when no block is due.
+_MAX_WAIT_S = 1.0
+#: The event log writes what it holds when a later event comes; while every
+#: actor is busy with a long block none comes, so the loop writes it this often.
+_EVENTS_FLUSH_S = 5.0
 
 
 class SweepDriver:
@@ -60,7 +64,9 @@ class SweepDriver:
     events : the store's event log, opened by the caller.
     progress : the live view to update, if any.
     options : scheduling options.
-    clock : monotonic seconds (the block deadlines).
+    stop : why to stop early, set by signal handlers and the lease's heartbeat
+        (default: a stop nobody requests).
+    clock : monotonic seconds (the block deadlines, the drain's bound).
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class SweepDriver:
         events: EventLog,
         progress: SweepProgress | None = None,
         options: DriverOptions | None = None,
+        stop: RunStop | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -80,18 +87,21 @@ class SweepDriver:
         self._events = events
         self._progress = progress
         self._options = options or DriverOptions()
+        self._stop = stop or RunStop()
         self._clock = clock
+        self._drain_deadline: float | None = None
         self._ledger = store.ledger
         self._metrics = SweepMetrics(store=store.path.name)
         self._run_id = uuid.uuid4().hex[:6]
         self._slots: list[Slot] = []
         self._actor_counter = 0
         self._start_failures = 0
-        self._attempts: dict[int, int] = {}
         self._work = WorkQueue(np.empty(0, dtype=np.int64))
-        self._failed: list[int] = []
-        self._retries = 0
-        self._newly_completed = 0
+        self._outcomes = self._outcomes_for(self._work)
+
+    def _outcomes_for(self, work: WorkQueue) -> BlockOutcomes:
+        return BlockOutcomes(ledger=self._ledger, events=self._events, metrics=self._metrics, progress=self._progress,
+                             work=work, retries=self._spec.retries, block=self._store.block)
 
     # -- actors ------------------------------------------------------------------
     def _start_actor(self) -> Slot:
@@ -111,7 +121,10 @@ class SweepDriver:
         return len(self._work) > 0
 
     def _drop_actor(self, slot: Slot, reason: str, *, kind: str) -> None:
-        """Kill an actor, requeue its blocks (the running head counts an attempt), replace it."""
+        """Kill an actor, requeue its blocks (the running head counts an attempt), replace it.
+
+        While draining nothing is requeued or replaced: its blocks stay pending for the next run.
+        """
         self._slots.remove(slot)
         try:
             ray.kill(slot.actor, no_restart=True)
@@ -124,44 +137,12 @@ class SweepDriver:
         for item in reversed(queued[1:]):
             self._work.push(item.block_id, front=True)
         if queued:
-            self._block_attempt_failed(queued[0].block_id, reason, node=slot.node_ip, kind=kind)
-        if self._has_work():
+            self._outcomes.attempt_failed(queued[0].block_id, reason, node=slot.node_ip, kind=kind,
+                                          stopping=self._draining)
+        if self._has_work() and not self._draining:
             self._start_actor()
 
     # -- blocks --------------------------------------------------------------------
-    def _block_attempt_failed(self, block_id: int, error: str, *, node: str, kind: str) -> None:
-        attempts = self._attempts.get(block_id, 0) + 1
-        self._attempts[block_id] = attempts
-        self._metrics.block_failed(kind, node)
-        if attempts <= self._spec.retries:
-            self._retries += 1
-            self._events.write("block_retried", block=block_id, attempt=attempts, node=node, kind=kind, error=error)
-            self._work.push(block_id)
-            if self._progress:
-                self._progress.block_retried()
-        else:
-            self._attempts.pop(block_id, None)
-            self._ledger.mark_failed(block_id, error=error, attempts=attempts, node=node)
-            self._events.write("block_failed", block=block_id, attempts=attempts, node=node, kind=kind, error=error)
-            self._failed.append(block_id)
-            if self._progress:
-                self._progress.block_failed()
-
-    def _block_completed(self, receipt: BlockReceipt, slot: Slot) -> None:
-        attempts = self._attempts.pop(receipt.block_id, 0) + 1
-        self._ledger.mark_complete(
-            receipt.block_id, checksum=receipt.checksum, seconds=receipt.seconds, node=receipt.node, attempts=attempts
-        )
-        self._newly_completed += 1
-        self._events.write(
-            "block_completed", block=receipt.block_id, node=receipt.node, actor=slot.name, pid=receipt.pid,
-            train_seconds=round(receipt.train_seconds, 4), write_seconds=round(receipt.write_seconds, 4),
-            nbytes=receipt.nbytes, attempt=attempts,
-        )
-        self._metrics.block_completed(self._store.block, receipt.seconds, receipt.nbytes, receipt.node)
-        if self._progress:
-            self._progress.block_completed(self._store.block, receipt.node)
-
     def _start_head(self, slot: Slot) -> None:
         """The slot's head block starts running now: its deadline counts from here."""
         head = slot.queue[0]
@@ -181,12 +162,57 @@ class SweepDriver:
             self._start_head(slot)
         return head
 
+    # -- stopping early ------------------------------------------------------------
+    @property
+    def _draining(self) -> bool:
+        return self._drain_deadline is not None
+
+    def _begin_drain(self) -> None:
+        """Hand out nothing more; cancel the blocks queued behind running ones; wait for the running ones."""
+        self._drain_deadline = self._clock() + self._options.drain_timeout_s
+        for slot in self._slots:
+            while len(slot.queue) > 1:
+                queued = slot.queue.pop()
+                try:
+                    ray.cancel(queued.ref)  # not started yet: it never runs, and stays pending
+                except Exception:
+                    pass  # its actor or node is gone: it will not run either
+        running = sorted(slot.queue[0].block_id for slot in self._slots if slot.queue)
+        self._events.write("run_stopping", reason=self._stop.reason, running_blocks=running,
+                           drain_timeout_s=self._options.drain_timeout_s)
+        self._events.flush()  # whoever stopped the run may be watching for this
+
+    def _check_stop(self) -> None:
+        if self._lease.lost:
+            raise DmsweepError("another driver took over this store's lease; stopping")
+        if self._stop.stopping and not self._draining:
+            self._begin_drain()
+
     # -- the loop --------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Run every block not yet complete; return what was done (failed blocks stay for the next run)."""
+        """Run every block not yet complete; return what was done (failed blocks stay for the next run).
+
+        Raises
+        ------
+        EnvironmentFault : the store refused a write (disk full, permission, read-only), after the drain.
+        DmsweepError : the lease was taken over, or no worker could start.
+        """
+        try:
+            return self._run()
+        except OSError as exc:
+            # A ledger or event-log write refused by the store: stop at once (the ledger
+            # cannot record receipts), saying the first fault seen if a worker saw one.
+            fault = self._stop.fault or EnvironmentFault.classify(
+                exc, store=self._store.location.uri, action="writing the ledger or the event log")
+            if fault is None:
+                raise
+            raise fault from exc
+
+    def _run(self) -> RunResult:
         started = self._clock()
         pending = self._ledger.pending_blocks()
         self._work = WorkQueue(pending)
+        self._outcomes = self._outcomes_for(self._work)
         completed_before = self._store.num_blocks - pending.size
         if self._progress:
             self._progress.start(
@@ -195,7 +221,8 @@ class SweepDriver:
                 total_blocks=self._store.num_blocks,
             )
         self._events.write("run_started", pending_blocks=int(pending.size), run_id=self._run_id)
-        if pending.size:
+        self._check_stop()  # a signal during start-up: stop before any actor starts
+        if pending.size and not self._draining:
             slots = self._options.workers or worker_slots(self._spec.resources)
             if self._options.max_actors is not None:
                 slots = min(slots, self._options.max_actors)
@@ -215,20 +242,28 @@ class SweepDriver:
                     self._progress.update_running(0)
         wall = self._clock() - started
         completed = int(self._ledger.completed_blocks().size)
+        if self._stop.fault is not None:
+            raise self._stop.fault
+        outcomes = self._outcomes
         self._events.write(
-            "run_finished", completed_blocks=completed, failed_blocks=sorted(self._failed), wall_seconds=round(wall, 3)
+            "run_stopped" if self._draining else "run_finished", completed_blocks=completed,
+            failed_blocks=sorted(outcomes.failed), wall_seconds=round(wall, 3),
+            **({"reason": self._stop.reason, "ledgered_while_stopping": outcomes.ledgered_while_stopping}
+               if self._draining else {}),
         )
         return RunResult(
             store=str(self._store.path),
             num_models=self._store.num_models,
             num_blocks=self._store.num_blocks,
             completed_blocks=completed,
-            newly_completed_blocks=self._newly_completed,
-            failed_blocks=sorted(self._failed),
+            newly_completed_blocks=outcomes.newly_completed,
+            failed_blocks=sorted(outcomes.failed),
             wall_seconds=wall,
-            models_per_second=self._newly_completed * self._store.block / wall if wall > 0 else 0.0,
+            models_per_second=outcomes.newly_completed * self._store.block / wall if wall > 0 else 0.0,
             actors=self._actor_counter,
-            retries=self._retries,
+            retries=outcomes.retries,
+            stopped=self._stop.requested if self._draining and completed < self._store.num_blocks else None,
+            ledgered_while_stopping=outcomes.ledgered_while_stopping,
         )
 
     def _in_flight(self) -> int:
@@ -254,33 +289,45 @@ class SweepDriver:
             slot = self._start_actor()
             self._events.write("actor_added", actor=slot.name, actors=len(self._slots))
 
+    def _finished(self) -> bool:
+        """Nothing left to wait for: all work done, or (stopping) the running blocks returned or ran out of time."""
+        if self._drain_deadline is not None:
+            return not self._in_flight() or self._clock() >= self._drain_deadline
+        return not (self._has_work() or self._in_flight())
+
     def _loop(self) -> None:
         timeout = self._spec.timeout_s
         last_ready = self._clock()
-        last_scan = self._clock()
-        while self._has_work() or self._in_flight():
-            if self._lease.lost:
-                raise DmsweepError("another driver took over this store's lease; stopping")
-            if self._clock() - last_scan >= self._options.rescan_s:
-                last_scan = self._clock()
-                self._grow()
-            self._fill()
+        last_scan = last_flush = self._clock()
+        while True:
+            self._check_stop()
+            if self._finished():
+                return
+            if self._clock() - last_flush >= _EVENTS_FLUSH_S:
+                last_flush = self._clock()
+                self._events.flush()
+            if not self._draining:
+                if self._clock() - last_scan >= self._options.rescan_s:
+                    last_scan = self._clock()
+                    self._grow()
+                self._fill()
             running = sum(1 for s in self._slots if s.queue)
             self._metrics.set_running(running)
             if self._progress:
                 self._progress.update_running(running)
             # What to wait on: a starting actor's ready(), or a busy actor's head block.
             refs: dict[ray.ObjectRef, Slot] = {}
-            deadlines: list[float] = []
+            deadlines: list[float] = [] if self._drain_deadline is None else [self._drain_deadline]
             for slot in self._slots:
                 if slot.ready_ref is not None:
-                    refs[slot.ready_ref] = slot
+                    if not self._draining:
+                        refs[slot.ready_ref] = slot
                 elif slot.queue:
                     head = slot.queue[0]
                     refs[head.ref] = slot
                     deadlines.append((head.started_at or self._clock()) + timeout)
             now = self._clock()
-            if any(s.ready for s in self._slots):
+            if any(s.ready for s in self._slots) or self._draining:
                 last_ready = now
             elif now - last_ready > self._options.actor_start_timeout_s:
                 raise DmsweepError(
@@ -288,6 +335,8 @@ class SweepDriver:
                     "does the cluster have the resources the spec asks for?"
                 )
             if not refs:
+                if self._draining:
+                    return
                 # Work is left but every actor is gone (lost without replacement): start one.
                 self._start_actor()
                 continue
@@ -323,7 +372,7 @@ class SweepDriver:
                 self._start_failures += 1
                 if self._start_failures >= self._options.max_actor_start_failures:
                     raise DmsweepError(
-                        f"worker actors fail in their setup ({self._start_failures} in a row): {_one_line(str(exc))}"
+                        f"worker actors fail in their setup ({self._start_failures} in a row): {one_line(str(exc))}"
                     ) from None
             if self._has_work() or not self._slots:
                 self._start_actor()
@@ -338,16 +387,24 @@ class SweepDriver:
         try:
             receipt: BlockReceipt = ray.get(head.ref)
         except ray.exceptions.RayTaskError as exc:
-            # The recipe (or the write) raised: the actor is fine, the block is not.
             self._pop_head(slot)
-            self._block_attempt_failed(head.block_id, _format_task_error(exc), node=slot.node_ip, kind="error")
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, EnvironmentFault):
+                # The store refused the block's write (disk full...): every block would
+                # fail the same way, so the sweep stops instead of burning retries.
+                self._events.write("block_environment_fault", block=head.block_id, node=slot.node_ip, error=str(cause))
+                self._stop.fail(cause)
+                return
+            # The recipe (or the write) raised: the actor is fine, the block is not.
+            self._outcomes.attempt_failed(head.block_id, format_task_error(exc), node=slot.node_ip, kind="error",
+                                          stopping=self._draining)
             return
         except ray.exceptions.RayError as exc:
             # The actor died (its process crashed, or its node was lost).
-            self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {_one_line(str(exc))}", kind="worker_lost")
+            self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {one_line(str(exc))}", kind="worker_lost")
             return
         self._pop_head(slot)
-        self._block_completed(receipt, slot)
+        self._outcomes.completed(receipt, actor=slot.name, stopping=self._draining)
 
     def _check_deadlines(self, timeout: float) -> None:
         now = self._clock()
@@ -357,20 +414,3 @@ class SweepDriver:
                 # Kill rather than cancel: a hung recipe ignores cancellation, and
                 # a task on a lost node may never answer at all.
                 self._drop_actor(slot, f"block {head.block_id} timed out after {timeout:g}s", kind="timeout")
-
-
-def _format_task_error(exc: ray.exceptions.RayTaskError) -> str:
-    """The worker's traceback, as the ledger keeps it for `dmsweep status`.
-
-    The exception Ray hands back has lost its ``__traceback__`` in transit; its
-    text keeps the remote frames under a first line naming the task, pid and
-    node. That line is kept, the frames get Python's usual header, and the
-    ``^^^^`` column markers (noise outside a terminal) go.
-    """
-    lines = _ANSI.sub("", str(exc)).strip().splitlines()
-    if not lines:
-        return repr(exc)
-    frames = [line for line in lines[1:] if line.strip().strip("^~")]
-    if frames and not frames[0].startswith("Traceback"):
-        frames.insert(0, "Traceback (most recent call last):")
-    return "\n".join([lines[0], *frames])

@@ -28,6 +28,10 @@ class DriverOptions:
         the live nodes, recounted every ``rescan_s`` so that nodes joining
         mid-sweep get workers too.
     rescan_s : seconds between two counts of the cluster's slots.
+    drain_timeout_s : once asked to stop (SIGTERM, SIGINT, a fault of the
+        store), how long to wait for the running blocks' receipts before
+        stopping without them (they are redone by the next run). Fits within
+        the 30 s SLURM (``KillWait``) and Kubernetes give before SIGKILL.
     """
 
     max_in_flight_per_actor: int = 2
@@ -36,6 +40,7 @@ class DriverOptions:
     max_actors: int | None = None
     workers: int | None = None
     rescan_s: float = 15.0
+    drain_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,13 +56,20 @@ class DriverOptions:
             problems.append(f"workers must be >= 1 or None, got {self.workers}")
         if self.rescan_s <= 0:
             problems.append(f"rescan_s must be > 0, got {self.rescan_s}")
+        if self.drain_timeout_s < 0:
+            problems.append(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if problems:
-            raise InputError("; ".join(problems))
+            raise InputError("; ".join(problems), params=tuple(p.split(" ", 1)[0] for p in problems))
 
 
 @dataclass
 class RunResult:
-    """What one run of the driver did."""
+    """What one run of the driver did.
+
+    ``stopped`` names what stopped the run before every block was done
+    (``"SIGTERM"``, ``"SIGINT"``); the blocks whose receipts came back while it
+    was stopping (``ledgered_while_stopping``) are complete, the rest pending.
+    """
 
     store: str
     num_models: int
@@ -69,6 +81,8 @@ class RunResult:
     models_per_second: float
     actors: int
     retries: int
+    stopped: str | None = None
+    ledgered_while_stopping: int = 0
 
     @property
     def done(self) -> bool:

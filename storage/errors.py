@@ -2,10 +2,18 @@
 
 Every part of dmsweep raises these (storage is the package every other part
 depends on, so the root lives here). The CLI maps ``exit_code`` to the process
-exit status: 2 for bad input (nothing was written), 1 for a failure.
+exit status: 2 for bad input (nothing was written), 1 for a failure, 4 for
+an environment fault.
+
+An :class:`EnvironmentFault` is the store's filesystem refusing a write (disk
+full, permission denied, read-only): nothing is wrong with the sweep, and a
+run stopped by one resumes once the cause is fixed.
 """
 
 from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 __all__ = [
     "DmsweepError",
@@ -18,6 +26,7 @@ __all__ = [
     "RecipeError",
     "BlockFailedError",
     "SolverError",
+    "EnvironmentFault",
 ]
 
 
@@ -77,3 +86,49 @@ class BlockFailedError(DmsweepError):
 
 class SolverError(DmsweepError):
     """The regression could not run as asked."""
+
+
+#: What each errno means for a store, said the way ``strerror`` says it.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+class EnvironmentFault(DmsweepError):
+    """The store's filesystem refused a write: disk full, permission denied, read-only.
+
+    The message is one line naming the cause and the store; the sweep is
+    intact and resumes once the cause is fixed. ``cause`` is the strerror-like
+    reason, ``store`` the store's path.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, cause: str = "", store: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.store = store
+
+    @classmethod
+    def classify(cls, exc: OSError, *, store: str | Path, action: str) -> EnvironmentFault | None:
+        """The fault ``exc`` is, or None when it is not one of the environment's (a bug, a missing file).
+
+        Parameters
+        ----------
+        exc : the error a write into the store raised.
+        store : the store's path.
+        action : what was being written, for the message ("writing block 7").
+        """
+        cause = _ENVIRONMENT_ERRNOS.get(exc.errno or 0)
+        if cause is None:
+            return None
+        where = f" ({exc.filename})" if exc.filename else ""
+        return cls(
+            f"{cause} at {store} ({action}{where}); once that is fixed, run the same command again to resume: "
+            "completed blocks are kept",
+            cause=cause, store=str(store),
+        )

@@ -39,11 +39,12 @@ import zarr
 
 from storage.checksum import block_checksum
 from storage.codecs import ARRAY_CONFIG, checked_compressors
-from storage.errors import BlockFailedError, InputError, StoreError, StoreMismatchError
+from storage.errors import BlockFailedError, InputError, LeaseHeldError, StoreError, StoreMismatchError
 from storage.layout import MASKS, DatasetInfo, output_dimensions, output_dtype, output_row_shape
 from storage.ledger import Ledger
 from storage.location import LocalLocation, StoreLocation, store_location
 from storage.metadata import ATTRS_KEY, ImportMetadata, SweepMetadata, dump_metadata, parse_metadata
+from storage.processes import pid_alive
 from storage.spec import SweepSpec
 
 __all__ = ["SweepStore", "BlockWrite", "StoreProbe", "probe_store", "ATTRS_KEY"]
@@ -80,6 +81,45 @@ class StoreProbe(enum.Enum):
 #: Written to the state area first at init and removed last: a location holding
 #: it but no marker is an interrupted init (:attr:`StoreProbe.PARTIAL`).
 _CREATING = "creating.json"
+
+
+#: An init claim from another host older than this is an interrupted init's (an
+#: init takes seconds): it may be taken over.
+_CLAIM_STALE_S = 600.0
+
+
+def _claim_creation(location: StoreLocation) -> None:
+    """Write the init claim (``creating.json``) conditionally; refuse while another live process holds it.
+
+    Without it, two drivers started at once on a new store would both create
+    it in place, and the one that failed would delete what the other made. A
+    claim left by an init that died (its process gone on this host, or older
+    than :data:`_CLAIM_STALE_S` from another) is taken over, conditionally too.
+    """
+    claim = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+    if location.state.put_if_absent(_CREATING, claim) is not None:
+        return
+    held = location.state.get(_CREATING)
+    try:
+        info = json.loads(held.data) if held is not None else {}
+        host, pid, since = str(info["host"]), int(info["pid"]), float(info["time"])
+    except (KeyError, TypeError, ValueError):
+        host, pid, since = "", 0, 0.0  # unreadable: an interrupted init's
+    if host == socket.gethostname():
+        gone = not pid_alive(pid)
+    else:
+        gone = time.time() - since > _CLAIM_STALE_S
+    taken = gone and (location.state.put_if_match(_CREATING, claim, held.etag) if held is not None
+                      else location.state.put_if_absent(_CREATING, claim))
+    if not taken:
+        raise LeaseHeldError(f"another process (pid {pid} on {host}) is creating the store at {location.uri!r} "
+                             "at this moment; run again once it has")
+
+
+def _refuse_existing(location: StoreLocation, probe: StoreProbe) -> None:
+    if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
+        what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
+        raise StoreMismatchError(f"store path {location.uri!r} already exists and holds {what}")
 
 
 def probe_store(store: str | Path | StoreLocation) -> StoreProbe:
@@ -179,10 +219,6 @@ class SweepStore:
             :func:`storage.metadata.import_metadata`).
         """
         location = store_location(location)
-        probe = probe_store(location)
-        if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
-            what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
-            raise StoreMismatchError(f"store path {location.uri!r} already exists and holds {what}")
         num_models, block = metadata.num_models, metadata.block
         if isinstance(metadata, SweepMetadata) and num_models % block:
             raise InputError(f"num_models ({num_models}) must be a positive multiple of block ({block})",
@@ -190,11 +226,19 @@ class SweepStore:
         if isinstance(location, LocalLocation) and not location.path.parent.is_dir():
             raise InputError(f"parent directory of the store {str(location.path.parent)!r} does not exist",
                              params=("store",))
+        _refuse_existing(location, probe_store(location))
+        # Two creators at once: the second is refused rather than let to delete the
+        # first one's store; what is there is looked at again under the claim.
+        _claim_creation(location)
+        probe = probe_store(location)
+        if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
+            location.state.delete(_CREATING)
+            _refuse_existing(location, probe)
         if probe is StoreProbe.PARTIAL:
             _remove_hierarchy(location)
-        location.state.delete_all()  # the state of an earlier store at this path (its lease, log, journal)
-        location.state.put(_CREATING, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                  "time": time.time()}).encode())
+        for key in location.state.list():  # the state of an earlier store at this path (its lease, log, journal)
+            if key != _CREATING:
+                location.state.delete(key)
         try:
             group = zarr.open_group(location.zarr_store(read_only=False), mode="a")
             for name in (MASKS, *metadata.outputs):

@@ -8,12 +8,17 @@ run it in a subprocess so that it never meets the session's Ray.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
+BENCH_DIR = TESTS_DIR.parent / "bench"
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))  # the chaos harness: its fast cases run here, all of them in bench/chaos.py
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -43,6 +48,20 @@ def ray_session() -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chaos(ray_session) -> Iterator[object]:
+    """The chaos harness (bench/chaos_support.py) on the session's Ray: driver processes that join it,
+    the tests' recipes importable, reference stores of uninterrupted runs made once."""
+    from chaos_support import ChaosContext, short_tempdir
+
+    # A short path: the local Rays some cases start put their sockets under it.
+    workdir = short_tempdir("tchaos")
+    try:
+        yield ChaosContext(workdir, address=ray_session.get_runtime_context().gcs_address, pythonpath=[str(TESTS_DIR)])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:

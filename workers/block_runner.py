@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.errors import BlockFailedError, InputError
+from storage.errors import BlockFailedError, EnvironmentFault, InputError
 from storage.location import StoreLocation, store_location
 from storage.npy_source import open_npy
 from storage.sweep_store import SweepStore
@@ -119,7 +119,15 @@ class BlockRunner:
             raise BlockFailedError(f"block {block_id}: recipe returned outputs the store does not record: {unexpected}")
         check_finite_outputs(block_id, rows.start, outputs)
         trained = time.perf_counter()
-        written = store.write_block(block_id, {"masks": masks, **outputs})
+        try:
+            written = store.write_block(block_id, {"masks": masks, **outputs})
+        except OSError as exc:
+            # Disk full, permission denied, read-only: the store's fault, not the block's;
+            # the driver stops the sweep on it instead of retrying every block in turn.
+            fault = EnvironmentFault.classify(exc, store=self._store_path.uri, action=f"writing block {block_id}")
+            if fault is None:
+                raise
+            raise fault from exc
         done = time.perf_counter()
         return BlockReceipt(
             block_id=block_id,

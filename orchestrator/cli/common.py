@@ -67,7 +67,9 @@ def _flags(fn: Callable[..., Any]) -> dict[str, str]:
         if not infos:
             continue
         info = infos[0]
-        decls = [d.split("/")[0] for d in (info.param_decls or ()) if d.startswith("--")]
+        # In Annotated[..., typer.Option("--flag")] typer keeps the flag as the option's default.
+        named = [info.default] if isinstance(info.default, str) and info.default.startswith("--") else []
+        decls = [d.split("/")[0] for d in (*named, *(info.param_decls or ())) if d.startswith("--")]
         flags[name] = max(decls, key=len) if decls else "--" + name.replace("_", "-")
     return flags
 

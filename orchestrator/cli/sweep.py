@@ -38,6 +38,10 @@ def init(spec: SpecArg, as_json: JsonFlag = False) -> None:
         f"dataset {store.dataset.name} ({store.dataset.n_train} train / {store.dataset.n_test} test)"))
 
 
+#: `run`'s exit status when a signal stopped it before the sweep was done: resumable as it is.
+EXIT_STOPPED = 3
+
+
 def run(
     spec: SpecArg,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
@@ -51,18 +55,36 @@ def run(
                           "(an autoscaling cluster adds nodes for the pending ones). Default: one per slot, "
                           "recounted as nodes join."),
     ] = None,
+    drain_timeout_s: Annotated[
+        float,
+        typer.Option("--drain-timeout", help="On SIGTERM or Ctrl-C: seconds to wait for the running blocks' "
+                                             "receipts before stopping without them (they are redone on resume)."),
+    ] = 20.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Init the store if needed, then run or resume the sweep."""
+    """Init the store if needed, then run or resume the sweep.
+
+    Exit status: 0 done; 1 failed blocks or a failure; 2 bad input (an address
+    no Ray answers at included); 3 stopped by SIGTERM or SIGINT (receipts in
+    flight ledgered, lease released: run it again to resume); 4 the store
+    refused a write (disk full, permission denied, read-only: resumable once fixed).
+    """
     from orchestrator.api import load_spec, run_sweep
     from orchestrator.run_options import DriverOptions
 
+    options = DriverOptions(workers=workers, drain_timeout_s=drain_timeout_s)
     result = run_sweep(load_spec(spec), address=address, progress=progress and not as_json, lease_ttl_s=lease_ttl,
-                       options=DriverOptions(workers=workers))
+                       options=options)
     emit(result.to_dict(), as_json, lambda: say(
         f"{result.completed_blocks}/{result.num_blocks} blocks complete "
         f"({result.newly_completed_blocks} this run, {result.models_per_second:.1f} models/s, "
         f"{result.wall_seconds:.1f}s); failed blocks: {result.failed_blocks or 'none'}"))
+    if result.stopped and not result.done:
+        err.print(
+            f"dmsweep: stopped by {result.stopped}: {result.completed_blocks}/{result.num_blocks} blocks complete "
+            f"({result.ledgered_while_stopping} ledgered while stopping), lease released; "
+            "run the same command again to resume", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_STOPPED)
     if result.failed_blocks:
         raise typer.Exit(1)
 

@@ -2,9 +2,13 @@
 
 Fast and offline (no network, no Docker, no Ray cluster): YAML and JSON parse; the
 cluster-launcher config passes Ray's own config validation; every shell command
-passes `bash -n`; the Grafana dashboard only queries metrics that
-orchestrator/metrics.py records, under the names Ray exports; the RayJob
-entrypoints and the SLURM script's dmsweep command parse with the real CLI.
+passes `bash -n`; images are referenced by digest; the image's layers install the
+dependencies before the checkout, on one CUDA stack; the Grafana dashboard only
+queries metrics that orchestrator/metrics.py records, under the names Ray exports;
+the RayJob entrypoints and the SLURM script's dmsweep command parse with the real
+CLI. The KubeRay manifests are checked against KubeRay's CRD schemas in
+test_kuberay_schemas.py; the SLURM launcher runs on a real SLURM cluster in
+test_slurm_launcher.py.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,6 +77,7 @@ def test_deploy_has_its_files() -> None:
     for rel in [
         "Dockerfile", "Dockerfile.dockerignore", "README.md", "ray-cluster.yaml", "wait_for_gpus.py",
         "kuberay/raycluster.yaml", "kuberay/rayjob-sweep.yaml", "kuberay/rayjob-fit.yaml", "kuberay/pvc.yaml",
+        "kuberay/storageclass-efs.yaml",
         "slurm/ray-sbatch.sh", "prometheus/prometheus.yml", "grafana/dmsweep-dashboard.json", "sweeps/cifar.yaml",
     ]:
         assert (DEPLOY / rel).is_file(), f"deploy/{rel} is missing"
@@ -96,19 +102,94 @@ def test_example_spec_is_a_valid_cluster_spec() -> None:
 
 
 # -- the image ---------------------------------------------------------------------------
-def test_dockerfile_matches_ray_and_layout() -> None:
-    text = (DEPLOY / "Dockerfile").read_text()
-    base = re.search(r"^ARG RAY_IMAGE=(\S+)$", text, re.M)
-    assert base, "deploy/Dockerfile: no ARG RAY_IMAGE=..."
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of deploy/Dockerfile, continuations joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_one_cuda_stack_matching_ray_and_torch() -> None:
+    steps = _dockerfile_instructions()
+    args = dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
     ray_version = importlib.metadata.version("ray")
-    assert base.group(1).startswith(f"rayproject/ray:{ray_version}-"), "the image's Ray must match the project's"
-    assert re.search(r"-(gpu|cu\d+)$", base.group(1)), "a CUDA (GPU) tag of the Ray image"
-    assert re.search(r"^FROM \$\{RAY_IMAGE\}$", text, re.M)
-    assert f"COPY --chown=ray:users . {IMAGE_CHECKOUT}" in text
-    assert f"pip install --no-cache-dir -c /tmp/ray-constraint.txt {IMAGE_CHECKOUT}" in text
+    # Ray's CPU image: no CUDA toolkit beside the one torch's wheels bring.
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(ray_version)}-py3\d+-cpu", args["RAY_IMAGE"]), args["RAY_IMAGE"]
+    assert ("FROM", "${RAY_IMAGE}") in steps
+    wheel_cuda = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d+)(\d)", args["TORCH_INDEX_URL"])
+    required = re.fullmatch(r'"cuda>=(\d+)\.(\d)"', args["CUDA_REQUIREMENT"])
+    assert wheel_cuda and required, (args["TORCH_INDEX_URL"], args["CUDA_REQUIREMENT"])
+    assert wheel_cuda.groups() == required.groups(), "the driver requirement must be the wheels' CUDA version"
+    env = " ".join(rest for word, rest in steps if word == "ENV")
+    assert 'NVIDIA_REQUIRE_CUDA="${CUDA_REQUIREMENT}"' in env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"driver >= 580", text), "say which NVIDIA driver CUDA 13 needs"
+
+
+def test_dockerfile_installs_the_dependencies_before_the_checkout() -> None:
+    steps = [(word, rest) for word, rest in _dockerfile_instructions() if word in ("COPY", "RUN")]
+    copies = [i for i, (word, _) in enumerate(steps) if word == "COPY"]
+    torch_step = next(i for i, (word, rest) in enumerate(steps) if word == "RUN" and '"torch>=' in rest)
+    checkout = next(i for i in copies if steps[i][1].split()[-2] == ".")
+    assert torch_step < copies[0], "torch is installed before anything is copied"
+    for i in copies:
+        if i != checkout:
+            assert steps[i][1].split()[-2] == "pyproject.toml", steps[i]
+    requirements = next(i for i, (word, rest) in enumerate(steps) if word == "RUN" and "-r /tmp/requirements.txt" in rest)
+    assert torch_step < requirements < checkout
+    assert steps[checkout][1] == f"--chown=ray:users . {IMAGE_CHECKOUT}"
+    final = steps[checkout + 1][1]
+    assert f"pip install --no-cache-dir --no-deps {IMAGE_CHECKOUT}" in final, "the checkout's install must not touch the dependencies"
     ignored = {line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()}
     for needed in ("deploy", "pyproject.toml", "orchestrator", "workers", "regression", "storage", "analysis"):
         assert needed not in ignored, f"the image needs {needed}"
+
+
+def test_dockerfile_reads_dependencies_as_pyproject_lists_them() -> None:
+    """The requirements step's one-liner, run here on this checkout's pyproject.toml."""
+    (step,) = [rest for word, rest in _dockerfile_instructions() if word == "RUN" and "tomllib" in rest]
+    code = re.search(r'python -c "(.+?)" *>', step).group(1).replace(f"{IMAGE_CHECKOUT}/pyproject.toml", str(REPO / "pyproject.toml"))
+    listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import tomllib
+
+    assert listed.stdout.split() == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+DIGEST = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
+
+
+LAUNCHERS = sorted(DEPLOY.glob("ray-cluster*.yaml"))  # the shared-volume one and its S3 variant
+RAYCLUSTERS = sorted((DEPLOY / "kuberay").glob("raycluster*.yaml"))
+
+
+def _image_references() -> dict[str, str]:
+    """Every container image deploy/ runs, by where it is named."""
+    refs = {}
+    for path in LAUNCHERS:
+        launcher = _load(path)
+        refs[f"{path.name} docker.image"] = launcher["docker"]["image"]
+        for i, command in enumerate(launcher.get("initialization_commands") or []):
+            for word in command.split():
+                if re.match(r"^[a-z0-9.-]+/[a-z0-9._-]+[:@]", word) and ("@sha256" in word or ":" in word.split("/")[-1]):
+                    refs[f"{path.name} initialization_commands[{i}]"] = word
+    for path in RAYCLUSTERS:
+        (cluster,) = [doc for doc in _load_all(path) if doc["kind"] == "RayCluster"]
+        pods = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+        for pod in pods:
+            for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+                refs[f"{path.name} {container['name']}"] = container["image"]
+    return refs
+
+
+def test_images_are_referenced_by_digest() -> None:
+    refs = _image_references()
+    assert len(refs) >= 8, refs  # the dmsweep image in every launcher and pod, Prometheus, Grafana, the AWS CLI
+    for where, image in refs.items():
+        assert DIGEST.match(image), f"{where}: {image} is not pinned by digest"
 
 
 def test_one_image_everywhere() -> None:
@@ -120,6 +201,20 @@ def test_one_image_everywhere() -> None:
 
 
 # -- the Ray cluster launcher ------------------------------------------------------------
+@pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
+def test_cluster_launcher_workers_use_an_explicit_ami_and_the_token_directory(path: Path) -> None:
+    config = _load(path)
+    amis = {name: t["node_config"]["ImageId"] for name, t in config["available_node_types"].items()}
+    # resolve:ssm needs ssm:GetParameters, which the autoscaler's default role lacks: scale-ups would fail.
+    assert all(ami.startswith("ami-") for ami in amis.values()), amis
+    assert len(set(amis.values())) == 1, f"one AMI for every node type (a wrong one then fails at `ray up`): {amis}"
+    assert "aws ssm get-parameter" in path.read_text()  # how to find the id
+    # The token's directory is mounted, not the file: a file's bind mount never sees a regenerated token.
+    mounts = config["file_mounts"]
+    assert mounts.get("/home/ray/.ray") == "~/.ray", mounts
+    assert not any(target.endswith("auth_token") for target in mounts), mounts
+
+
 def test_cluster_launcher_config_passes_ray_validation() -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -165,6 +260,19 @@ def test_cluster_launcher_file_mounts_exist() -> None:
 
 
 # -- KubeRay -------------------------------------------------------------------------------
+def test_shared_volume_has_its_read_write_many_storage_class() -> None:
+    (pvc,) = _load_all(DEPLOY / "kuberay" / "pvc.yaml")
+    (storage_class,) = _load_all(DEPLOY / "kuberay" / "storageclass-efs.yaml")
+    assert storage_class["apiVersion"] == "storage.k8s.io/v1" and storage_class["kind"] == "StorageClass"
+    assert pvc["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert storage_class["provisioner"] == "efs.csi.aws.com"  # a file system: ReadWriteMany
+    params = storage_class["parameters"]
+    assert params["provisioningMode"] == "efs-ap" and params["fileSystemId"].startswith("fs-")
+    assert (params["uid"], params["gid"]) == ("1000", "100")  # the image's ray user writes /shared
+    assert all(isinstance(v, str) for v in params.values()), "StorageClass parameters are strings"
+
+
 def test_raycluster_gpu_workers_and_shared_volume() -> None:
     (cluster,) = _load_all(DEPLOY / "kuberay" / "raycluster.yaml")
     (pvc,) = _load_all(DEPLOY / "kuberay" / "pvc.yaml")
@@ -244,22 +352,45 @@ def test_slurm_script_is_valid_bash() -> None:
         assert lint.returncode == 0, lint.stdout
 
 
+def _script_defaults(path: Path) -> dict[str, str]:
+    """``NAME="${VAR:-default}"`` assignments of a script: the value each name has by default."""
+    return dict(re.findall(r'^(\w+)="\$\{\w+:-([^}$]*)\}"$', path.read_text(), re.M))
+
+
 def test_slurm_script_dmsweep_commands_parse_with_the_cli() -> None:
-    commands = [words for words in _script_commands(DEPLOY / "slurm" / "ray-sbatch.sh")
-                if words and words[0] == "dmsweep"]
+    script = DEPLOY / "slurm" / "ray-sbatch.sh"
+    defaults = _script_defaults(script)
+    assert defaults.get("DRAIN_S") == "20"
+    commands = [[defaults.get(w.lstrip("$").strip("{}"), w) for w in words if w != "&"]  # run in the background
+                for words in _script_commands(script) if words and words[0] == "dmsweep"]
     names = [_cli_check(words[1:]) for words in commands]
     assert "run" in names
     run = commands[names.index("run")]
     assert "--address" in run
 
 
-def test_slurm_script_starts_head_and_workers_and_stops_ray() -> None:
+def test_slurm_script_starts_head_and_workers_and_stops_only_its_own_ray() -> None:
     lines = _script_commands(DEPLOY / "slurm" / "ray-sbatch.sh")
     srun_ray = [words[words.index("ray"):] for words in lines if words[:1] == ["srun"] and "ray" in words]
     starts = [w for w in srun_ray if w[1] == "start"]
     assert any("--head" in w for w in starts) and any(any(a.startswith("--address=") for a in w) for w in starts)
     assert all(any(a.startswith("--num-gpus=") for a in w) for w in starts)
-    assert any(w[1] == "stop" for w in srun_ray)
+    assert all(any(a.startswith("--temp-dir=") for a in w) for w in starts), "every node gets the temp dir"
+    # `ray stop` kills every Ray process of the user on the node: the steps are signalled instead.
+    assert not any(w[1] == "stop" for w in srun_ray)
+    assert not any("stop" in words and "ray" in words for words in lines)
+
+
+def test_slurm_script_requeues_and_appends_its_log() -> None:
+    text = (DEPLOY / "slurm" / "ray-sbatch.sh").read_text()
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?$", text, re.M))
+    assert "requeue" in sbatch and sbatch["open-mode"] == "append"
+    assert re.fullmatch(r"B:USR1@\d+", sbatch["signal"]), sbatch["signal"]  # to the batch shell, before the limit
+    assert re.search(r"^trap on_usr1 USR1$", text, re.M) and re.search(r"^trap on_term TERM$", text, re.M)
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "hostname -I" not in code and "NodeAddr" in code  # the head address Slurm itself routes to
+    assert "--drain-timeout" in text
 
 
 # -- monitoring ----------------------------------------------------------------------------
@@ -363,3 +494,12 @@ def test_wait_for_gpus_arguments() -> None:
     nodes = [{"Alive": True, "Resources": {"GPU": 4.0}}, {"Alive": False, "Resources": {"GPU": 8.0}},
              {"Alive": True, "Resources": {"CPU": 8.0}}]
     assert wait.cluster_capacity(nodes) == (2, 4.0)
+
+
+def test_wait_for_gpus_gives_up_on_an_address_no_ray_answers_at(capsys: pytest.CaptureFixture[str]) -> None:
+    from chaos_support import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    assert _wait_module().main(["--gpus", "1", "--address", dead, "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect to Ray" in err and "no Ray cluster answers" in err

@@ -78,7 +78,8 @@ def test_unreadable_specs(tmp_path: Path) -> None:
 
 def test_run_options_out_of_range(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
-    assert_refused(tmp_path, ["run", str(spec), "--workers", "0"], "workers must be >= 1")
+    assert_refused(tmp_path, ["run", str(spec), "--workers", "0"], "--workers must be >= 1")
+    assert_refused(tmp_path, ["run", str(spec), "--drain-timeout", "-1"], "--drain-timeout must be >= 0")
 
 
 def test_store_path_holding_something_else(tmp_path: Path) -> None:
