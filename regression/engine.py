@@ -48,17 +48,25 @@ The algorithm
 * **Early stopping and λ choice.** After each λ step the validation rows' MSE is
   computed per target; a target whose validation MSE has not improved for
   ``patience`` steps stops. The weights at its best step are kept.
-* **Refit.** With ``refit=True``, each target is re-solved at its chosen λ on
-  train + validation rows (new μ, σ, ȳ), warm-started from the chosen weights.
+* **At the chosen λ** (:mod:`regression.final`). By default (``refit=True``) each
+  target is re-solved at its chosen λ on train + validation rows (new μ, σ, ȳ),
+  warm-started from the chosen weights, as the published pipeline does. Options:
+  ``average`` (the solutions at the chosen λ's neighbours on the grid, averaged),
+  ``debias="ls"`` (least squares on each target's support) and
+  ``debias="relaxed"`` (a per-target blend of the two, chosen on validation rows).
+* **Precision** (:mod:`regression.products`). The two products per step run in
+  fp32, TF32, or bf16 on the exact 0/1 masks with fp32 accumulation.
 * **Output** is in the raw indicator space: ``weight = w / σ`` and
   ``bias = ȳ − μ · weight``, so ``masks @ weight + bias`` predicts the output.
 
 Where it lives
 --------------
 The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
-``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``) are the fields of
+``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``, ``average``,
+``debias``, ``ridge``, ``precision``) are the fields of
 :class:`regression.config.SolverConfig`. This module walks the path
-(:func:`solve_source`: grid, early stopping, refit, the divergence redo);
+(:func:`solve_source`: grid, early stopping, the divergence redo);
+:mod:`regression.final` does what follows the choice of λ;
 :mod:`regression.moments` computes μ, σ, ȳ and ``Xsᵀ(y − ȳ)/n``;
 :mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step;
 :mod:`regression.table` holds ``R``; :mod:`regression.path` is the array API.
@@ -68,6 +76,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,14 +86,14 @@ from regression.config import SolverConfig, as_config
 from regression.epochs import (
     PRACTICAL_STEP_FRACTION,
     PROVEN_STEP_FRACTION,
-    REFIT_STEP,
     Diverged,
     Problem,
     default_cache_bytes,
     prepare,
     run_fixed_lambda,
 )
-from regression.loader import Range, RowSource
+from regression.final import PathEnd, least_squares_on_support, relaxed_mix, solve_near_chosen
+from regression.loader import Range, RowSource, split_batches
 from regression.moments import Moments, compute_moments
 from regression.progress import PathProgress
 from regression.results import LassoPathResult
@@ -100,10 +109,10 @@ def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch
     rows = 0
     ybar = problem.moments.ybar.index_select(0, cols)
     for _, xs, targets in problem.batches_of(val):
-        pred = xs @ w + ybar
+        pred = xs.times(w) + ybar
         err = pred - targets.index_select(1, cols)
         sq += (err * err).sum(0, dtype=torch.float64)
-        rows += int(xs.shape[0])
+        rows += xs.rows
     return (sq / max(rows, 1)).to(problem.dtype)
 
 
@@ -198,6 +207,10 @@ def solve_source(
     if not train:
         raise InputError("train holds no row ranges; need at least one", params=("train",))
     grid_in = _check_alphas(alphas, n_targets)
+    if cfg.debias == "relaxed" and not val:
+        raise InputError("debias='relaxed' chooses its mix on validation rows; there are none", params=("debias",))
+    if cfg.precision != "fp32" and dtype != torch.float32:
+        raise InputError(f"precision={cfg.precision!r} needs the float32 compute dtype", params=("precision",))
     batches = list(train)
     mom = compute_moments(source, batches, dtype)
     lam_max = mom.c.abs().amax(0)
@@ -289,25 +302,12 @@ def _solve_path(
     if not has_val:
         best_w = weight
     lam_chosen = grid.gather(0, best_k[None, :])[0]
-    final_mom = mom
-
-    if cfg.refit and has_val:
-        all_batches = sorted(batches + list(val))
-        final_mom = compute_moments(source, all_batches, dtype)
-        # Path std. coords → raw → the refit's std. coords.
-        refit_w = best_w * mom.inv_sd[:, None] * final_mom.sd()[:, None]
-        problem.cache.clear()  # standardised with the path's moments; free it first
-        refit_problem = Problem(source=source, batches=all_batches, moments=final_mom, table=table, dtype=dtype,
-                                 cfg=cfg, cache_budget=budget, step_fraction=step_fraction, guard=guard)
-        refit_problem.n_iter, refit_problem.flops = problem.n_iter, problem.flops
-        refit_grad = prepare(refit_problem, refit_w)
-        everyone = torch.arange(n_targets, device=device)
-        ep, conv = run_fixed_lambda(refit_problem, refit_w, refit_grad, everyone, lam_chosen, phase=REFIT_STEP)
-        epochs += ep
-        unconverged += (~conv).to(torch.int64)
-        best_w = refit_w
-        problem.n_iter, problem.flops = refit_problem.n_iter, refit_problem.flops
-
+    end = PathEnd(weight=best_w, index=best_k, grid=grid)
+    final = _finish(problem, source, val=val, cfg=cfg, dtype=dtype, table=table, budget=budget, end=end,
+                    grad=grad, step_fraction=step_fraction, guard=guard)
+    epochs += final.epochs
+    unconverged += final.unconverged
+    best_w, final_mom = final.weight, final.moments
     raw = best_w * final_mom.inv_sd[:, None]
     bias = final_mom.ybar - final_mom.mu @ raw
     best_val = best_mse if has_val else torch.full_like(best_mse, float("nan"))
@@ -324,7 +324,7 @@ def _solve_path(
         n_unconverged=unconverged.to(torch.int32).cpu().numpy(),
         lambdas=grid.to(torch.float32).cpu().numpy(),
         val_mse_path=val_path.to(torch.float32).cpu().numpy(),
-        n_iter=problem.n_iter,
+        n_iter=final.n_iter,
         step_size=path_step,
         lipschitz=path_lipschitz,
         n_train=mom.n,
@@ -332,5 +332,80 @@ def _solve_path(
         refit=bool(cfg.refit and has_val),
         wall_time=time.perf_counter() - start,
         device=str(device),
-        extra={"saga_flops": problem.flops, "n_steps_walked": float(k + 1)},
+        extra={"n_steps_walked": float(k + 1), **final.extra},
+        mix=None if final.mix is None else final.mix.to(torch.float32).cpu().numpy(),
     )
+
+
+@dataclass
+class _Final:
+    """The weights to write (std. coords of ``moments``) and what producing them cost."""
+
+    weight: torch.Tensor
+    moments: Moments
+    epochs: torch.Tensor
+    unconverged: torch.Tensor
+    n_iter: int
+    mix: torch.Tensor | None
+    extra: dict[str, float]
+
+
+def _even_batches(source: RowSource, ranges: Sequence[Range], batch_size: int) -> list[Range]:
+    """``ranges`` merged into contiguous spans, each cut into near-equal batches at the source's cut points."""
+    spans: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if spans and spans[-1][1] == a:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b])
+    cuts = source.cut_points()
+    return [batch for a, b in spans for batch in split_batches(cuts, a, b, batch_size)]
+
+
+def _finish(
+    problem: Problem, source: RowSource, *, val: Sequence[Range], cfg: SolverConfig, dtype: torch.dtype,
+    table: ResidualTable, budget: int, end: PathEnd, grad: torch.Tensor, step_fraction: float, guard: bool,
+) -> _Final:
+    """From the path's chosen weights to the written ones: average, refit, debias (see :mod:`regression.final`)."""
+    n_targets = end.weight.shape[1]
+    zeros = torch.zeros(n_targets, dtype=torch.int64, device=end.weight.device)
+    refit = cfg.refit and len(val) > 0
+    extra: dict[str, float] = {}
+    mix: torch.Tensor | None = None
+    ls_train: torch.Tensor | None = None
+    if cfg.debias == "relaxed":
+        # γ is chosen on validation rows, from models fitted on the training rows alone.
+        ls_train, it = least_squares_on_support(problem, end.weight, end.weight != 0, ridge=cfg.ridge,
+                                                max_iter=cfg.max_epochs)
+        mix = relaxed_mix(problem, val, end.weight, ls_train)
+        extra["least_squares_iterations"] = float(it.float().mean())
+        extra["mean_mix"] = float(mix.mean())
+
+    if not refit and cfg.average == 0:
+        lasso, mom, work, epochs, unconverged = end.weight, problem.moments, problem, zeros, zeros
+    else:
+        work, weight = problem, end.weight.clone()
+        mom = problem.moments
+        if refit:
+            rows = _even_batches(source, list(problem.batches) + list(val), cfg.batch_size)
+            mom = compute_moments(source, rows, dtype)
+            weight = end.weight * problem.moments.inv_sd[:, None] * mom.sd()[:, None]  # path std → raw → refit std
+            problem.cache.clear()  # standardised with the path's moments; free it first
+            work = Problem(source=source, batches=rows, moments=mom, table=table, dtype=dtype, cfg=cfg,
+                           cache_budget=budget, step_fraction=step_fraction, guard=guard)
+            work.n_iter, work.flops = problem.n_iter, problem.flops
+            grad = prepare(work, weight)
+        lasso, epochs, unconverged = solve_near_chosen(work, weight, grad, end, cfg.average)
+
+    final = lasso
+    if cfg.debias != "none":
+        if cfg.debias == "relaxed" and not refit and cfg.average == 0:
+            least_squares = ls_train
+        else:
+            least_squares, it = least_squares_on_support(work, lasso, lasso != 0, ridge=cfg.ridge,
+                                                         max_iter=cfg.max_epochs)
+            extra["least_squares_iterations"] = float(it.float().mean())
+        assert least_squares is not None  # computed above for 'relaxed' without refit or averaging
+        final = least_squares if mix is None else mix[None, :] * lasso + (1 - mix[None, :]) * least_squares
+    return _Final(weight=final, moments=mom, epochs=epochs, unconverged=unconverged, n_iter=work.n_iter,
+                  mix=mix, extra={**extra, "saga_flops": work.flops})
