@@ -105,7 +105,8 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     config = SolverConfig(**job.config)
     columns = slice(job.target_offset + job.start, job.target_offset + job.stop)
     width = store.dataset.n_test if job.output == "margins/test" else store.dataset.n_train
-    open_source = partial(StoreSource, store, rows=job.fit_rows, output=job.output, targets=columns, device=device)
+    open_source = partial(StoreSource, store, rows=job.fit_rows, output=job.output, targets=columns, device=device,
+                          splits=(job.n_train_rows,))
     source = open_source()
     cuts = source.cut_points()
     train = split_batches(cuts, 0, job.n_train_rows, config.batch_size)
