@@ -62,6 +62,7 @@ class BlockRunner:
             raise InputError(f"{str(self._store_path)!r} is an imported store; it has no recipe to train with")
         self._seed = spec.seed
         self._alpha = spec.alpha
+        self._replicates = spec.replicates
         self._masks_file = spec.masks_file
         self._n_train = store.dataset.n_train
         self.recipe: Recipe = build_recipe(spec.recipe.name, spec.recipe.params)
@@ -114,4 +115,4 @@ class BlockRunner:
             return np.array(explicit[rows.start : rows.stop], dtype=bool)
         if self._alpha is None:  # the spec model requires one of the two
             raise BlockFailedError("the spec has neither alpha nor masks_file")
-        return block_masks(self._seed, rows, self._n_train, self._alpha)
+        return block_masks(self._seed, rows, self._n_train, self._alpha, self._replicates)
