@@ -39,6 +39,9 @@ from regression.loader import Range
 
 __all__ = ["PathEnd", "solve_near_chosen", "least_squares_on_support", "relaxed_mix"]
 
+#: Batch-order phase ids of the neighbourhood solves after the first (beyond any grid's λ steps).
+_NEIGHBOUR_PHASES = 1 << 20
+
 #: Relative residual ‖b − A x‖ / ‖b‖ at which conjugate gradients stop: about what the
 #: products can resolve (float64 in tests; fp32, and the rounded TF32 and bf16 operands).
 _CG_RTOL = {"float64": 1e-12, "fp32": 1e-5, "tf32": 1e-3, "bf16": 5e-3}
@@ -102,8 +105,9 @@ def solve_near_chosen(
             continue
         lam = end.grid.gather(0, steps.clamp(0, n_steps - 1)[None, :])[0]
         # Larger λ first: each solve starts from the sparser one before it. With
-        # average=0 this is the single refit at the chosen λ (phase REFIT_STEP).
-        phase = REFIT_STEP - (offset + average)
+        # average=0 this is the single refit at the chosen λ (phase REFIT_STEP);
+        # the others get batch orders of their own, past every λ step's.
+        phase = REFIT_STEP if offset == -average else _NEIGHBOUR_PHASES + offset + average
         ep, conv = run_fixed_lambda(problem, weight, grad, cols, lam[cols], phase=phase)
         epochs.index_add_(0, cols, ep)
         unconverged.index_add_(0, cols, (~conv).to(torch.int64))
