@@ -21,7 +21,7 @@ import numpy as np
 from regression.config import SolverConfig
 from regression.engine import solve_source
 from regression.loader import StoreSource, split_batches
-from regression.memory import plan_memory
+from regression.memory import plan_memory, state_units
 from regression.progress import PathProgress
 from storage.datamodels import open_datamodels, write_columns
 from storage.errors import DmsweepError, SolverError
@@ -111,9 +111,11 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     cuts = source.cut_points()
     train = split_batches(cuts, 0, job.n_train_rows, config.batch_size)
     val = split_batches(cuts, job.n_train_rows, source.n_rows, config.batch_size)
+    refit = split_batches(cuts, 0, source.n_rows, config.batch_size) if config.refit else []
     plan = plan_memory(
         n_rows=source.n_rows, n_features=source.n_features, n_targets=source.n_targets, output_width=width,
-        batch_rows=max(b - a for a, b in train + val), device=device, max_memory=job.max_memory,
+        batch_rows=max(b - a for a, b in train + val + refit), device=device, max_memory=job.max_memory,
+        units=state_units(refit=config.refit, average=config.average, debias=config.debias),
     )
     source = open_source(queue_depth=plan.queue_depth, pin=device.type == "cuda")
     data = source.load() if plan.masks_resident else source

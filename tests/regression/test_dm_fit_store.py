@@ -254,6 +254,20 @@ def test_memory_plan_puts_the_table_in_a_file_only_as_a_last_resort() -> None:
         plan_memory(max_memory=rss + (20 << 20), **kw)
 
 
+def test_memory_plan_counts_what_follows_the_chosen_lambda() -> None:
+    from regression.memory import current_rss, plan_memory, state_units
+
+    assert state_units(refit=False) < state_units() < state_units(debias="ls") < state_units(debias="relaxed")
+    # 20,000 features × 2,000 targets: 160 MB per [N, T] buffer, so the buffers decide the plan.
+    kw = dict(n_rows=2_000, n_features=20_000, n_targets=2_000, output_width=2_000, batch_rows=500,
+              device=torch.device("cpu"))
+    rss = current_rss()
+    bound = rss + int((state_units() * 160e6 + 400e6) / 0.75)  # the buffers, the batches and a margin
+    plan_memory(max_memory=bound, **kw)  # the default fit (refit) fits
+    with pytest.raises(InputError, match="max_memory"):
+        plan_memory(max_memory=bound, units=state_units(debias="ls"), **kw)
+
+
 class _Recorder:
     """A FitProgress that writes down every call."""
 
