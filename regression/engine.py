@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +91,8 @@ from regression.epochs import (
     prepare,
     run_fixed_lambda,
 )
-from regression.final import PathEnd, least_squares_on_support, relaxed_mix, solve_near_chosen
-from regression.loader import Range, RowSource, split_batches
+from regression.final import PathEnd, finish
+from regression.loader import Range, RowSource
 from regression.moments import Moments, compute_moments
 from regression.progress import PathProgress
 from regression.results import LassoPathResult
@@ -101,6 +100,13 @@ from regression.table import ResidualTable
 from storage.errors import InputError
 
 __all__ = ["solve_source"]
+
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (phase timings on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -213,6 +219,7 @@ def solve_source(
         raise InputError(f"precision={cfg.precision!r} needs the float32 compute dtype", params=("precision",))
     batches = list(train)
     mom = compute_moments(source, batches, dtype)
+    moments_seconds = _clock(device) - start
     lam_max = mom.c.abs().amax(0)
     grid = _grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
 
@@ -235,6 +242,7 @@ def solve_source(
                                  cache_bytes=cache_bytes, progress=progress, mom=mom, grid=grid,
                                  weight=weight.clone(), start=start, step_fraction=step_fraction)
             result.extra["step_fraction"] = step_fraction
+            result.extra["seconds_moments"] = moments_seconds
             return result
         except Diverged:
             continue  # redo the whole path at the proven step
@@ -258,6 +266,7 @@ def _solve_path(
     guard = step_fraction > PROVEN_STEP_FRACTION
     problem = Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
                        cache_budget=budget, step_fraction=step_fraction, guard=guard)
+    path_started = _clock(device)
     grad = prepare(problem, weight)
     path_step, path_lipschitz = problem.step, problem.lipschitz
 
@@ -303,8 +312,11 @@ def _solve_path(
         best_w = weight
     lam_chosen = grid.gather(0, best_k[None, :])[0]
     end = PathEnd(weight=best_w, index=best_k, grid=grid)
-    final = _finish(problem, source, val=val, cfg=cfg, dtype=dtype, table=table, budget=budget, end=end,
+    path_done = _clock(device)
+    final = finish(problem, source, val=val, cfg=cfg, dtype=dtype, table=table, budget=budget, end=end,
                     grad=grad, step_fraction=step_fraction, guard=guard)
+    final.extra["seconds_final"] = _clock(device) - path_done
+    final.extra["seconds_path"] = path_done - path_started
     epochs += final.epochs
     unconverged += final.unconverged
     best_w, final_mom = final.weight, final.moments
@@ -336,76 +348,3 @@ def _solve_path(
         mix=None if final.mix is None else final.mix.to(torch.float32).cpu().numpy(),
     )
 
-
-@dataclass
-class _Final:
-    """The weights to write (std. coords of ``moments``) and what producing them cost."""
-
-    weight: torch.Tensor
-    moments: Moments
-    epochs: torch.Tensor
-    unconverged: torch.Tensor
-    n_iter: int
-    mix: torch.Tensor | None
-    extra: dict[str, float]
-
-
-def _even_batches(source: RowSource, ranges: Sequence[Range], batch_size: int) -> list[Range]:
-    """``ranges`` merged into contiguous spans, each cut into near-equal batches at the source's cut points."""
-    spans: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if spans and spans[-1][1] == a:
-            spans[-1][1] = b
-        else:
-            spans.append([a, b])
-    cuts = source.cut_points()
-    return [batch for a, b in spans for batch in split_batches(cuts, a, b, batch_size)]
-
-
-def _finish(
-    problem: Problem, source: RowSource, *, val: Sequence[Range], cfg: SolverConfig, dtype: torch.dtype,
-    table: ResidualTable, budget: int, end: PathEnd, grad: torch.Tensor, step_fraction: float, guard: bool,
-) -> _Final:
-    """From the path's chosen weights to the written ones: average, refit, debias (see :mod:`regression.final`)."""
-    n_targets = end.weight.shape[1]
-    zeros = torch.zeros(n_targets, dtype=torch.int64, device=end.weight.device)
-    refit = cfg.refit and len(val) > 0
-    extra: dict[str, float] = {}
-    mix: torch.Tensor | None = None
-    ls_train: torch.Tensor | None = None
-    if cfg.debias == "relaxed":
-        # γ is chosen on validation rows, from models fitted on the training rows alone.
-        ls_train, it = least_squares_on_support(problem, end.weight, end.weight != 0, ridge=cfg.ridge,
-                                                max_iter=cfg.max_epochs)
-        mix = relaxed_mix(problem, val, end.weight, ls_train)
-        extra["least_squares_iterations"] = float(it.float().mean())
-        extra["mean_mix"] = float(mix.mean())
-
-    if not refit and cfg.average == 0:
-        lasso, mom, work, epochs, unconverged = end.weight, problem.moments, problem, zeros, zeros
-    else:
-        work, weight = problem, end.weight.clone()
-        mom = problem.moments
-        if refit:
-            rows = _even_batches(source, list(problem.batches) + list(val), cfg.batch_size)
-            mom = compute_moments(source, rows, dtype)
-            weight = end.weight * problem.moments.inv_sd[:, None] * mom.sd()[:, None]  # path std → raw → refit std
-            problem.cache.clear()  # standardised with the path's moments; free it first
-            work = Problem(source=source, batches=rows, moments=mom, table=table, dtype=dtype, cfg=cfg,
-                           cache_budget=budget, step_fraction=step_fraction, guard=guard)
-            work.n_iter, work.flops = problem.n_iter, problem.flops
-            grad = prepare(work, weight)
-        lasso, epochs, unconverged = solve_near_chosen(work, weight, grad, end, cfg.average)
-
-    final = lasso
-    if cfg.debias != "none":
-        if cfg.debias == "relaxed" and not refit and cfg.average == 0:
-            least_squares = ls_train
-        else:
-            least_squares, it = least_squares_on_support(work, lasso, lasso != 0, ridge=cfg.ridge,
-                                                         max_iter=cfg.max_epochs)
-            extra["least_squares_iterations"] = float(it.float().mean())
-        assert least_squares is not None  # computed above for 'relaxed' without refit or averaging
-        final = least_squares if mix is None else mix[None, :] * lasso + (1 - mix[None, :]) * least_squares
-    return _Final(weight=final, moments=mom, epochs=epochs, unconverged=unconverged, n_iter=work.n_iter,
-                  mix=mix, extra={**extra, "saga_flops": work.flops})

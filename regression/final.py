@@ -34,10 +34,13 @@ from dataclasses import dataclass
 
 import torch
 
-from regression.epochs import REFIT_STEP, Problem, run_fixed_lambda
-from regression.loader import Range
+from regression.config import SolverConfig
+from regression.epochs import REFIT_STEP, Problem, prepare, run_fixed_lambda
+from regression.loader import Range, RowSource, split_batches
+from regression.moments import Moments, compute_moments
+from regression.table import ResidualTable
 
-__all__ = ["PathEnd", "solve_near_chosen", "least_squares_on_support", "relaxed_mix"]
+__all__ = ["PathEnd", "FinalWeights", "finish", "solve_near_chosen", "least_squares_on_support", "relaxed_mix"]
 
 #: Batch-order phase ids of the neighbourhood solves after the first (beyond any grid's λ steps).
 _NEIGHBOUR_PHASES = 1 << 20
@@ -213,3 +216,82 @@ def relaxed_mix(
         spread += (diff * diff).sum(0, dtype=torch.float64)
     gamma = torch.where(spread > 0, -cross / spread.clamp_min(1e-300), torch.ones_like(spread))
     return gamma.clamp(0.0, 1.0).to(lasso.dtype)
+
+
+@dataclass
+class FinalWeights:
+    """The weights to write (std. coords of ``moments``) and what producing them cost."""
+
+    weight: torch.Tensor
+    moments: Moments
+    epochs: torch.Tensor
+    unconverged: torch.Tensor
+    n_iter: int
+    mix: torch.Tensor | None
+    extra: dict[str, float]
+
+
+def _even_batches(source: RowSource, ranges: Sequence[Range], batch_size: int) -> list[Range]:
+    """``ranges`` merged into contiguous spans, each cut into near-equal batches at the source's cut points."""
+    spans: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if spans and spans[-1][1] == a:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b])
+    cuts = source.cut_points()
+    return [batch for a, b in spans for batch in split_batches(cuts, a, b, batch_size)]
+
+
+def finish(
+    problem: Problem, source: RowSource, *, val: Sequence[Range], cfg: SolverConfig, dtype: torch.dtype,
+    table: ResidualTable, budget: int, end: PathEnd, grad: torch.Tensor, step_fraction: float, guard: bool,
+) -> FinalWeights:
+    """From the path's chosen weights to the written ones: average, refit, debias (the module docstring).
+
+    ``problem`` is the path's (training rows, its table and moments), ``grad`` its
+    table's gradient average; with a refit, the moments of train + ``val`` rows are
+    computed afresh and the solves run on those rows.
+    """
+    n_targets = end.weight.shape[1]
+    zeros = torch.zeros(n_targets, dtype=torch.int64, device=end.weight.device)
+    refit = cfg.refit and len(val) > 0
+    extra: dict[str, float] = {}
+    mix: torch.Tensor | None = None
+    ls_train: torch.Tensor | None = None
+    if cfg.debias == "relaxed":
+        # γ is chosen on validation rows, from models fitted on the training rows alone.
+        ls_train, it = least_squares_on_support(problem, end.weight, end.weight != 0, ridge=cfg.ridge,
+                                                max_iter=cfg.max_epochs)
+        mix = relaxed_mix(problem, val, end.weight, ls_train)
+        extra["least_squares_iterations"] = float(it.float().mean())
+        extra["mean_mix"] = float(mix.mean())
+
+    if not refit and cfg.average == 0:
+        lasso, mom, work, epochs, unconverged = end.weight, problem.moments, problem, zeros, zeros
+    else:
+        work, weight = problem, end.weight.clone()
+        mom = problem.moments
+        if refit:
+            rows = _even_batches(source, list(problem.batches) + list(val), cfg.batch_size)
+            mom = compute_moments(source, rows, dtype)
+            weight = end.weight * problem.moments.inv_sd[:, None] * mom.sd()[:, None]  # path std → raw → refit std
+            problem.cache.clear()  # standardised with the path's moments; free it first
+            work = Problem(source=source, batches=rows, moments=mom, table=table, dtype=dtype, cfg=cfg,
+                           cache_budget=budget, step_fraction=step_fraction, guard=guard)
+            work.n_iter, work.flops = problem.n_iter, problem.flops
+            grad = prepare(work, weight)
+        lasso, epochs, unconverged = solve_near_chosen(work, weight, grad, end, cfg.average)
+
+    final = lasso
+    if cfg.debias != "none":
+        if cfg.debias == "relaxed" and not refit and cfg.average == 0:
+            least_squares = ls_train
+        else:
+            least_squares, it = least_squares_on_support(work, lasso, lasso != 0, ridge=cfg.ridge,
+                                                         max_iter=cfg.max_epochs)
+            extra["least_squares_iterations"] = float(it.float().mean())
+        assert least_squares is not None  # computed above for 'relaxed' without refit or averaging
+        final = least_squares if mix is None else mix[None, :] * lasso + (1 - mix[None, :]) * least_squares
+    return FinalWeights(weight=final, moments=mom, epochs=epochs, unconverged=unconverged, n_iter=work.n_iter,
+                  mix=mix, extra={**extra, "saga_flops": work.flops})

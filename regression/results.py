@@ -59,7 +59,9 @@ class LassoPathResult:
         (λ steps before every target had stopped) and ``step_fraction`` (1 for the
         practical step ``1/L̂``, 1/3 when the path was redone at the proven one);
         with a debias, ``least_squares_iterations`` (mean conjugate-gradient
-        iterations) and, relaxed, ``mean_mix``.
+        iterations) and, relaxed, ``mean_mix``; seconds per phase:
+        ``seconds_moments`` (the first pass), ``seconds_path`` (step estimate and
+        path) and ``seconds_final`` (refit, average, debias).
     mix : ndarray of float32, shape [T], or None
         With ``debias="relaxed"``, each target's weight γ on the LASSO (1 − γ on
         least squares), chosen on validation rows; else None.
