@@ -52,11 +52,11 @@ class SolverConfig(UserModel):
         "(the published fast_l1 step is 5e-3).",
     )
     batch_size: int = Field(
-        2000, ge=1,
+        1000, ge=1,
         description="Rows per SAGA minibatch (batches begin at store-block edges).",
     )
     tol: float = Field(
-        1e-4, gt=0,
+        1e-3, gt=0,
         description="Relative weight change per epoch below which a target has converged at a lambda.",
     )
     max_epochs: int = Field(
@@ -64,8 +64,13 @@ class SolverConfig(UserModel):
         description="Epochs per lambda step (and for the refit) at most.",
     )
     patience: int = Field(
-        5, ge=1,
+        3, ge=1,
         description="Lambda steps without a validation-MSE improvement before a target stops.",
+    )
+    choose: Literal["min", "1se"] = Field(
+        "min",
+        description="Which lambda the validation MSE picks: its minimum, or the largest lambda within one "
+        "standard error of it (glmnet's lambda.1se).",
     )
     seed: int = Field(
         0, ge=0,
@@ -75,6 +80,11 @@ class SolverConfig(UserModel):
         True,
         description="Refit each target on train + validation rows at its chosen lambda (--no-refit keeps the "
         "path's weights, fitted on the training rows alone).",
+    )
+    l2: float = Field(
+        0.0, ge=0,
+        description="Ridge part of an elastic net: (l2/2)*||w||^2 added to the LASSO objective in standardised "
+        "units (0: the LASSO).",
     )
     average: int = Field(
         0, ge=0,

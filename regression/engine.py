@@ -6,6 +6,8 @@ scikit-learn Lasso objective on standardised masks
 
     (1 / 2n) ‖y_t − Xs w_t − b_t‖² + λ_t ‖w_t‖₁,      Xs = (X − μ) / σ  (column-wise)
 
+(plus ``(l2 / 2) ‖w_t‖²`` for an elastic net, ``l2 > 0``)
+
 along a decreasing geometric grid of λ per target, all targets as one matrix
 ``W [N, T]`` so each minibatch step is two matrix products.
 
@@ -47,7 +49,10 @@ The algorithm
   leaves the working matrices, so it costs nothing more until the next λ.
 * **Early stopping and λ choice.** After each λ step the validation rows' MSE is
   computed per target; a target whose validation MSE has not improved for
-  ``patience`` steps stops. The weights at its best step are kept.
+  ``patience`` steps stops. The weights at its best step are kept. With
+  ``choose="1se"`` the chosen λ is instead the largest one whose validation MSE
+  is within one standard error of the best (glmnet's ``lambda.1se``), solved
+  from the best step's weights.
 * **At the chosen λ** (:mod:`regression.final`). By default (``refit=True``) each
   target is re-solved at its chosen λ on train + validation rows (new μ, σ, ȳ),
   warm-started from the chosen weights, as the published pipeline does. Options:
@@ -62,7 +67,7 @@ The algorithm
 Where it lives
 --------------
 The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
-``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``, ``average``,
+``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``, ``l2``, ``average``,
 ``debias``, ``ridge``, ``precision``) are the fields of
 :class:`regression.config.SolverConfig`. This module walks the path
 (:func:`solve_source`: grid, early stopping, the divergence redo);
@@ -109,17 +114,38 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Mean squared error on the validation rows for columns ``cols`` of ``w`` [N, A]."""
+def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch.Tensor, cols: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation MSE [A] of columns ``cols`` of ``w`` [N, A], and its standard error [A].
+
+    The standard error is that of a mean of the rows' squared errors,
+    ``sqrt((E[e⁴] − E[e²]²) / n_val)``.
+    """
     sq = torch.zeros(cols.numel(), dtype=torch.float64, device=w.device)
+    quad = torch.zeros_like(sq)
     rows = 0
     ybar = problem.moments.ybar.index_select(0, cols)
     for _, xs, targets in problem.batches_of(val):
         pred = xs.times(w) + ybar
         err = pred - targets.index_select(1, cols)
-        sq += (err * err).sum(0, dtype=torch.float64)
+        err2 = (err * err).to(torch.float64)
+        sq += err2.sum(0)
+        quad += (err2 * err2).sum(0)
         rows += xs.rows
-    return (sq / max(rows, 1)).to(problem.dtype)
+    n = max(rows, 1)
+    mse = sq / n
+    se = ((quad / n - mse * mse).clamp_min(0.0) / n).sqrt()
+    return mse.to(problem.dtype), se.to(problem.dtype)
+
+
+def _one_standard_error(val_path: torch.Tensor, se_path: torch.Tensor, best_k: torch.Tensor) -> torch.Tensor:
+    """Per target, the first (largest-λ) step whose validation MSE is within one standard error of the best."""
+    best = val_path.gather(0, best_k[None, :])[0]
+    limit = best + se_path.gather(0, best_k[None, :])[0]
+    within = val_path <= limit[None, :]  # NaN (steps not walked) compares false
+    steps = torch.arange(val_path.shape[0], device=val_path.device)[:, None].expand_as(within)
+    first = torch.where(within, steps, torch.full_like(steps, val_path.shape[0])).amin(0)
+    return torch.minimum(first, best_k)
 
 
 def _grid(lam_max: torch.Tensor, cfg: SolverConfig, alphas: torch.Tensor | None) -> torch.Tensor:
@@ -272,6 +298,7 @@ def _solve_path(
 
     has_val = len(val) > 0
     val_path = torch.full((n_steps, n_targets), float("nan"), dtype=dtype, device=device)
+    se_path = torch.full_like(val_path, float("nan"))
     best_mse = torch.full((n_targets,), float("inf"), dtype=dtype, device=device)
     best_k = torch.full((n_targets,), n_steps - 1, dtype=torch.int64, device=device)
     since_best = torch.zeros(n_targets, dtype=torch.int64, device=device)
@@ -292,8 +319,9 @@ def _solve_path(
             unconverged.index_add_(0, cols, (~conv).to(torch.int64))
         if has_val:
             w_alive = weight.index_select(1, alive)
-            mse = _val_mse(problem, source, val, w_alive, alive)
+            mse, se = _val_mse(problem, source, val, w_alive, alive)
             val_path[k].index_copy_(0, alive, mse)
+            se_path[k].index_copy_(0, alive, se)
             improved = mse < best_mse.index_select(0, alive)
             better = alive[improved]
             best_mse.index_copy_(0, better, mse[improved])
@@ -310,11 +338,17 @@ def _solve_path(
 
     if not has_val:
         best_w = weight
+    moved = False
+    if has_val and cfg.choose == "1se":
+        chosen = _one_standard_error(val_path, se_path, best_k)
+        moved = bool((chosen != best_k).any())
+        best_k = chosen  # the weights stay those at the minimum: the solve at the chosen λ starts there
+        best_mse = val_path.gather(0, best_k[None, :])[0]
     lam_chosen = grid.gather(0, best_k[None, :])[0]
     end = PathEnd(weight=best_w, index=best_k, grid=grid)
     path_done = _clock(device)
     final = finish(problem, source, val=val, cfg=cfg, dtype=dtype, table=table, budget=budget, end=end,
-                    grad=grad, step_fraction=step_fraction, guard=guard)
+                    grad=grad, step_fraction=step_fraction, guard=guard, resolve=moved)
     final.extra["seconds_final"] = _clock(device) - path_done
     final.extra["seconds_path"] = path_done - path_started
     epochs += final.epochs

@@ -209,6 +209,8 @@ def run_fixed_lambda(
     w = weight if full else weight.index_select(1, act)
     g_avg = grad if full else grad.index_select(1, act)
     thr = step * lam
+    # The elastic net's ridge part is exact in the prox: soft-threshold, then shrink by 1/(1 + η·l2).
+    shrink = 1.0 / (1.0 + step * cfg.l2)
     ybar = mom.ybar.index_select(0, act)
     assert problem.y_power is not None
     bound = _DIVERGENCE_FACTOR * problem.y_power.index_select(0, act) / (2 * lam.clamp_min(torch.finfo(lam.dtype).tiny))
@@ -243,6 +245,8 @@ def run_fixed_lambda(
             table.put(r0, r1, cols_arg, resid)
             # Soft threshold: w − clamp(w, −τ, τ) is sign(w)·max(|w| − τ, 0).
             w.sub_(torch.maximum(torch.minimum(w, thr), -thr))
+            if shrink != 1.0:
+                w.mul_(shrink)
             problem.n_iter += 1
             problem.flops += 4.0 * xs.rows * xs.cols * w.shape[1]
         epochs[pos] += 1

@@ -246,12 +246,15 @@ def _even_batches(source: RowSource, ranges: Sequence[Range], batch_size: int) -
 def finish(
     problem: Problem, source: RowSource, *, val: Sequence[Range], cfg: SolverConfig, dtype: torch.dtype,
     table: ResidualTable, budget: int, end: PathEnd, grad: torch.Tensor, step_fraction: float, guard: bool,
+    resolve: bool = False,
 ) -> FinalWeights:
     """From the path's chosen weights to the written ones: average, refit, debias (the module docstring).
 
     ``problem`` is the path's (training rows, its table and moments), ``grad`` its
     table's gradient average; with a refit, the moments of train + ``val`` rows are
-    computed afresh and the solves run on those rows.
+    computed afresh and the solves run on those rows. ``resolve``: the chosen
+    steps are not those of ``end.weight`` (``choose="1se"``), so solve there even
+    without a refit.
     """
     n_targets = end.weight.shape[1]
     zeros = torch.zeros(n_targets, dtype=torch.int64, device=end.weight.device)
@@ -267,7 +270,7 @@ def finish(
         extra["least_squares_iterations"] = float(it.float().mean())
         extra["mean_mix"] = float(mix.mean())
 
-    if not refit and cfg.average == 0:
+    if not refit and cfg.average == 0 and not resolve:
         lasso, mom, work, epochs, unconverged = end.weight, problem.moments, problem, zeros, zeros
     else:
         work, weight = problem, end.weight.clone()
@@ -285,7 +288,7 @@ def finish(
 
     final = lasso
     if cfg.debias != "none":
-        if cfg.debias == "relaxed" and not refit and cfg.average == 0:
+        if cfg.debias == "relaxed" and not refit and cfg.average == 0 and not resolve:
             least_squares = ls_train
         else:
             least_squares, it = least_squares_on_support(work, lasso, lasso != 0, ridge=cfg.ridge,

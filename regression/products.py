@@ -32,7 +32,7 @@ from typing import Literal, Protocol
 
 import torch
 
-__all__ = ["Precision", "Design", "DenseDesign", "MaskDesign", "make_design", "round_tf32"]
+__all__ = ["Precision", "Design", "DenseDesign", "MaskDesign", "make_design", "round_tf32", "tf32_matmul"]
 
 Precision = Literal["fp32", "tf32", "bf16"]
 
@@ -65,7 +65,7 @@ def round_tf32(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _tf32_matmul() -> Iterator[None]:
+def tf32_matmul() -> Iterator[None]:
     """CUDA fp32 matmuls in TF32 inside the block; the previous setting restored after it."""
     matmul = torch.backends.cuda.matmul
     before = matmul.fp32_precision
@@ -101,7 +101,7 @@ class DenseDesign:
         if not self._tf32:
             return a @ b
         if self._cuda:
-            with _tf32_matmul():
+            with tf32_matmul():
                 return a @ b
         return a @ round_tf32(b)
 

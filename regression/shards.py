@@ -96,7 +96,7 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     -------
     dict
         ``shard``, ``columns``, ``seconds``, ``solver_seconds``, ``device``,
-        ``node``, ``epochs``, ``n_iter``, ``unconverged_steps``, ``step_size``,
+        ``node``, ``epochs``, ``n_iter``, ``flops`` (of the matrix products), ``unconverged_steps``, ``step_size``,
         ``masks_resident``, ``table_on_device``, ``table_on_disk``.
     """
     started = time.perf_counter()
@@ -142,6 +142,7 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
         "node": socket.gethostname(),
         "epochs": int(result.n_epochs.sum()),
         "n_iter": int(result.n_iter),
+        "flops": float(result.extra["saga_flops"]),
         "unconverged_steps": int(result.n_unconverged.sum()),
         "step_size": float(result.step_size),
         "masks_resident": bool(plan.masks_resident),

@@ -12,11 +12,13 @@ from storage.errors import InputError
 
 
 def test_defaults_are_the_measured_best() -> None:
-    # The published grid and batch, the largest safe step and a refit on train + validation
-    # rows (docs/decisions.md, "Regression defaults"); 5e-3 stays available as a value.
+    # The published grid, the largest safe step, a refit on train + validation rows, and the
+    # tol, batch and patience measured on validation rows (docs/decisions.md, "Regression
+    # defaults"); the published 5e-3 step stays available as a value.
     assert SolverConfig().model_dump() == {
-        "n_alphas": 100, "eps": 1e-6, "lr": "auto", "batch_size": 2000, "tol": 1e-4, "max_epochs": 100,
-        "patience": 5, "seed": 0, "refit": True, "average": 0, "debias": "none", "ridge": 0.0, "precision": "fp32",
+        "n_alphas": 100, "eps": 1e-6, "lr": "auto", "batch_size": 1000, "tol": 1e-3, "max_epochs": 100,
+        "patience": 3, "choose": "min", "seed": 0, "refit": True, "l2": 0.0, "average": 0, "debias": "none",
+        "ridge": 0.0, "precision": "fp32",
     }
     assert SolverConfig(lr=5e-3, refit=False).lr == 5e-3
 

@@ -144,3 +144,35 @@ def test_bf16_products_equal_exact_products_of_the_rounded_operands() -> None:
     np.testing.assert_allclose(design.times(w.float()).double(), xs @ w16, rtol=1e-5, atol=1e-4)
     d16 = d.float().bfloat16().double()
     np.testing.assert_allclose(design.t_times(d.float()).double(), xs.T @ d16, rtol=1e-5, atol=1e-4)
+
+
+def test_l2_makes_it_scikit_learns_elastic_net() -> None:
+    from sklearn.linear_model import ElasticNet
+
+    x, y = _data(seed=6)
+    lam, l2 = 0.03, 0.2
+    result = saga_lasso_path(x, y, alphas=[lam], config=SolverConfig(**{**TIGHT, "l2": l2}), device="cpu",
+                             dtype="float64")
+    xs, mu, sd = _standardise(x)
+    for t in range(y.shape[1]):
+        # (1/2n)‖r‖² + λ‖w‖₁ + (l2/2)‖w‖²  is ElasticNet(alpha=λ + l2, l1_ratio=λ / (λ + l2)).
+        ref = ElasticNet(alpha=lam + l2, l1_ratio=lam / (lam + l2), tol=1e-12, max_iter=100_000).fit(xs, y[:, t])
+        np.testing.assert_allclose(result.weight[:, t] * sd, ref.coef_, atol=1e-5)
+
+
+def test_one_standard_error_rule_picks_the_largest_lambda_within_one_se_of_the_best() -> None:
+    x, y = _data(seed=7, n_targets=4)
+    at_min = _fit(x, y, 300, refit=False)
+    one_se = _fit(x, y, 300, refit=False, choose="1se")
+    np.testing.assert_allclose(one_se.val_mse_path, at_min.val_mse_path, rtol=1e-9)  # the same path
+    err2 = (at_min.predict(x[300:]) - y[300:]) ** 2
+    se = err2.std(0) / np.sqrt(len(err2))
+    for t in range(y.shape[1]):
+        path = at_min.val_mse_path[:, t]
+        expected = int(np.flatnonzero(path <= path[at_min.lam_index[t]] + se[t])[0])
+        assert int(one_se.lam_index[t]) == expected <= int(at_min.lam_index[t])
+        # and its weights are the LASSO's at that λ on the training rows
+        alone = saga_lasso_path(x[:300], y[:300], alphas=[float(one_se.lam[t])], device="cpu", dtype="float64",
+                                config=SolverConfig(**{**TIGHT, "refit": False}))
+        np.testing.assert_allclose(one_se.weight[:, t], alone.weight[:, t], atol=1e-5)
+    assert (one_se.lam_index < at_min.lam_index).any()

@@ -130,3 +130,23 @@ def test_replicate_lds_equals_a_hand_computation(tmp_path: Path) -> None:
                                    str(tmp_path / "eval"), "--rows", "0:50"])
     assert bad.exit_code == 2 and "replicate" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert tree_snapshot(tmp_path) == before
+
+
+def test_cli_fit_defaults_and_no_refit(tmp_path: Path) -> None:
+    masks, margins, _ = planted(300, 20, 3, seed=13)
+    build_store(tmp_path / "store", masks, margins, block=60)
+    runner = CliRunner()
+    fitted = runner.invoke(app, ["fit", str(tmp_path / "store"), "--name", "dm", "--k", "10", "--val-fraction", "0.125",
+                                 "--no-progress", "--json"])
+    assert fitted.exit_code == 0, fitted.stderr
+    import json
+
+    result = json.loads(fitted.stdout)
+    assert (result["n_train_rows"], result["n_val_rows"]) == (262, 38)  # round(0.125 * 300): not a block edge
+    assert result["config"]["refit"] is True and result["config"]["lr"] == "auto"
+    human = runner.invoke(app, ["fit", str(tmp_path / "store"), "--name", "raw", "--k", "10", "--no-refit",
+                                "--no-progress"])
+    assert human.exit_code == 0, human.stderr
+    assert "--no-refit" in human.stdout and "--lr auto" in human.stdout  # the settings it ran with
+    group = read_datamodels(SweepStore.open(tmp_path / "store").group, "raw")
+    assert group.attrs["config"]["refit"] is False
