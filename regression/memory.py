@@ -38,7 +38,19 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """Peak resident bytes of this process so far."""
+    """Peak resident bytes of this process so far.
+
+    On Linux, ``VmHWM`` of /proc/self/status: the high-water mark of this
+    program's own memory. ``getrusage``'s ``ru_maxrss`` (used elsewhere) survives
+    ``execve``, so a fresh child process would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
