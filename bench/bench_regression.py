@@ -7,8 +7,9 @@ Modes (``--mode``; ``all`` runs every one, ``gpu`` skipping without CUDA):
   resumed when partial, reused when complete). Every variant is fitted with
   ``fit_datamodels`` on rows ``[0, --fit-rows)`` (its default 10 % validation
   split) for ``--targets`` targets and scored by LDS on the held-out rows
-  ``[--fit-rows, 4608)``; the defaults first. scikit-learn runs on ``--sk-targets``
-  of the same targets, tuned as a practitioner would (``bench/sklearn_lasso.py``:
+  ``[--fit-rows, 4608)``; the defaults first. scikit-learn runs on the first
+  ``--sk-targets`` of the same targets (so does ``before``, dmsweep's defaults
+  until issue 12, too slow for all), tuned as a practitioner would (``bench/sklearn_lasso.py``:
   the same grid, warm starts, the same early stopping on the same validation rows,
   Gram matrix once with ``precompute=``/``Xy=`` or plain descent, one thread, with
   and without a refit at the chosen λ), in the same run.
@@ -38,13 +39,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from machine import cpu_model, git_commit  # bench/, next to this script
+from regression_memory import bench_import, bench_memory  # bench/, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -78,13 +79,18 @@ def _spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+#: Variants fitted on the scikit-learn targets only (too slow for all of them).
+_ON_SKLEARN_TARGETS = ("before",)
+
+
 def _variants() -> dict[str, Any]:
     """The settings compared on the real sweep, by name (the defaults first)."""
     from regression import SolverConfig
 
     return {
         "default": SolverConfig(),
-        "published": SolverConfig(lr=5e-3, refit=False, tol=1e-4),
+        # dmsweep's defaults before issue 12: the published step, no refit, tol 1e-4, batch 2000, patience 5.
+        "before": SolverConfig(lr=5e-3, refit=False, tol=1e-4, batch_size=2000, patience=5),
         "no-refit": SolverConfig(refit=False),
         "average-1": SolverConfig(average=1),
         "ls": SolverConfig(debias="ls"),
@@ -182,17 +188,20 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
     ours: dict[str, Any] = {}
     spearman: dict[str, np.ndarray] = {}
     fit = None
-    for name in names:
-        ours[name], spearman[name], result = _fit_variant(store, name, variants[name], fit_rows, t_all, masks_h, y_h)
+    subset = np.arange(min(args.sk_targets, t_all))  # the targets scikit-learn fits too
+    for name in ["default", *[n for n in names if n != "default"]]:
+        count = subset.size if name in _ON_SKLEARN_TARGETS else t_all
+        ours[name], spearman[name], result = _fit_variant(store, name, variants[name], fit_rows, count, masks_h,
+                                                          y_h[:, :count])
+        ours[name]["targets"] = count
         fit = result if name == "default" else fit
         print(f"bench_regression cpu: {name} {ours[name]['seconds']:.0f}s LDS {ours[name]['lds']:.4f}", file=sys.stderr)
     assert fit is not None, "the default variant is always fitted"
 
-    # scikit-learn on a subset of the same targets, the same train / validation split.
+    # scikit-learn on the first targets, the same train / validation split.
     n_train = fit.n_train_rows
     masks = opened.read("masks", fit_rows)
     y = opened.read("margins/test", fit_rows)[:, :t_all].astype(np.float64)
-    subset = np.unique(np.linspace(0, t_all - 1, args.sk_targets).astype(int))
     cfg = variants["default"]
     sk: dict[str, Any] = {}
     for how in ("gram", "direct"):
@@ -286,115 +295,6 @@ def bench_select(args: argparse.Namespace) -> dict[str, Any]:
             "candidates": out}
 
 
-def _import_child(folder: str, store: str) -> None:
-    # A fresh process that never imports torch; its high-water mark is the import's alone.
-    from storage.published import PUBLISHED_EVAL_MODELS, import_npy, published_files
-
-    def peak_rss() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc/self/status (the import benchmark needs Linux)")
-
-    baseline = peak_rss()
-    files = published_files(folder, 50)
-    result = import_npy(files["masks"], files["margins"], store, block=1000, eval_models=PUBLISHED_EVAL_MODELS,
-                        source="published")
-    print(json.dumps({"baseline_rss": baseline, "peak_rss": peak_rss(), **result.to_dict()}))
-
-
-def bench_import(args: argparse.Namespace) -> dict[str, Any]:
-    from numpy.lib.format import open_memmap
-
-    m, n_train, n_test, block = args.import_models, args.import_train, args.import_test, 1000
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(dir=args.tmp, prefix="dmsweep-import-") as tmp:
-        folder = Path(tmp) / "cifar" / "data"
-        folder.mkdir(parents=True)
-        started = time.perf_counter()
-        masks = open_memmap(folder / "train_masks_50pct.npy", mode="w+", dtype=bool, shape=(m, n_train))
-        margins = open_memmap(folder / "test_margins_50pct.npy", mode="w+", dtype=np.float16, shape=(m, n_test))
-        for a in range(0, m, block):
-            b = min(a + block, m)
-            masks[a:b] = rng.integers(0, 2, (b - a, n_train), dtype=np.uint8).view(bool)
-            margins[a:b] = rng.normal(0, 3, (b - a, n_test)).astype(np.float16)
-            masks.flush()
-            margins.flush()
-        del masks, margins
-        written = time.perf_counter() - started
-        input_bytes = m * n_train + 2 * m * n_test
-        child = subprocess.run([sys.executable, __file__, "--import-child", str(folder), str(Path(tmp) / "s.zarr")],
-                               capture_output=True, text=True, cwd=ROOT)
-        if child.returncode:
-            return {"error": child.stderr.strip().splitlines()[-1:], "shape": [m, n_train, n_test]}
-        out = json.loads(child.stdout.strip().splitlines()[-1])
-        stored = sum(f.stat().st_size for f in (Path(tmp) / "s.zarr").rglob("*") if f.is_file())
-    return {
-        "files": {"masks": [m, n_train], "masks_dtype": "bool", "margins": [m, n_test], "margins_dtype": "float16",
-                  "layout": "train_masks_50pct.npy / test_margins_50pct.npy (the release's names)"},
-        "input_bytes": input_bytes, "write_inputs_seconds": written, "seconds": out["seconds"],
-        "gb_per_s": input_bytes / out["seconds"] / 1e9, "baseline_rss": out["baseline_rss"],
-        "peak_rss": out["peak_rss"], "peak_rss_over_input": out["peak_rss"] / input_bytes,
-        "store_bytes_on_disk": stored, "eval_rows": out["eval_rows"], "block": out["block"],
-        "definition": "input bytes / seconds of import_npy in a fresh process; peak RSS = its VmHWM",
-    }
-
-
-def _memory_child(store: str, max_memory: int, targets: int) -> None:
-    # Runs in a fresh process so ru_maxrss is this fit's alone.
-    from regression import SolverConfig
-    from regression.fit import fit_datamodels
-    from regression.memory import current_rss, peak_rss
-
-    baseline = current_rss()
-    start = time.perf_counter()
-    config = SolverConfig(n_alphas=3, eps=1e-2, tol=1e-2, max_epochs=2, batch_size=2000)  # refit on, the default
-    result = fit_datamodels(store, name="membench", targets=slice(0, targets), config=config, max_memory=max_memory,
-                            device="cpu", overwrite=True)
-    print(json.dumps({"baseline_rss": baseline, "peak_rss": peak_rss(), "seconds": time.perf_counter() - start,
-                      "mean_nnz": result.mean_nnz, "refit": config.refit}))
-
-
-def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
-    from storage.layout import DatasetInfo
-    from storage.metadata import ImportProvenance, import_metadata
-    from storage.sweep_store import SweepStore
-
-    bound = args.max_memory_mib << 20
-    n_features = 10_000
-    block = 1000
-    rows = -(-4 * bound // n_features // block) * block
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        path = Path(tmp) / "mem.zarr"
-        store = SweepStore.create(path, import_metadata(
-            ImportProvenance(source="benchmark", description="Bernoulli(1/2) masks for the memory bound"),
-            dataset=DatasetInfo(name="bench", n_train=n_features, n_test=16, n_classes=2), num_models=rows,
-            block=block, outputs=("margins/test",)))
-        rng = np.random.default_rng(0)
-        beta = np.zeros((n_features, 16), dtype=np.float32)
-        beta[:20] = rng.normal(0, 0.1, (20, 16))
-        start = time.perf_counter()
-        for b in range(rows // block):
-            # Bernoulli(1/2) bits: block_masks would take minutes at this size, and
-            # only the bytes matter for the memory bound.
-            masks = rng.integers(0, 2, (block, n_features), dtype=np.uint8).astype(bool)
-            margins = masks[:, :20].astype(np.float32) @ beta[:20] + rng.normal(0, 0.5, (block, 16))
-            written = store.write_block(b, {"masks": masks, "margins/test": margins.astype(np.float16)})
-            store.ledger.mark_complete(b, checksum=written.checksum, seconds=0.0, node="bench")
-        build = time.perf_counter() - start
-        child = subprocess.run([sys.executable, __file__, "--memory-child", str(path), str(bound), "8"],
-                               capture_output=True, text=True, cwd=ROOT)
-        if child.returncode:
-            return {"error": child.stderr.strip().splitlines()[-1:], "rows": rows}
-        out = json.loads(child.stdout.strip().splitlines()[-1])
-    return {
-        "max_memory_bytes": bound, "masks_bytes": rows * n_features, "masks_over_bound": rows * n_features / bound,
-        "rows": rows, "features": n_features, "targets": 8, "store_build_seconds": build,
-        "definition": "max_memory bounds the whole process's resident memory (peak RSS = its VmHWM)",
-        **out, "peak_under_bound": out["peak_rss"] <= bound,
-    }
-
-
 def _matmul_rate(a: Any, b: Any, *, precision: str, reps: int = 20) -> float:
     """FLOP/s of ``a @ b`` at the products' precision, measured with CUDA events."""
     import torch
@@ -473,19 +373,13 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--memory-child"]:
-        _memory_child(argv[1], int(argv[2]), int(argv[3]))
-        return
-    if argv[:1] == ["--import-child"]:
-        _import_child(argv[1], argv[2])
-        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["cpu", "select", "import", "memory", "gpu", "all"], default="all")
     p.add_argument("--store", default=str(SWEEP_STORE), help="the sweep (made from bench/specs/mnist1d_4608.yaml)")
     p.add_argument("--fit-rows", type=int, default=4096, help="rows [0, N) are fitted, the rest held out")
     p.add_argument("--targets", type=int, default=1_000)
     p.add_argument("--variants", default=",".join(_variants()), help="comma-separated settings for the cpu mode")
-    p.add_argument("--sk-targets", type=int, default=64)
+    p.add_argument("--sk-targets", type=int, default=64, help="the first N targets, fitted by scikit-learn too")
     p.add_argument("--select-rows", type=int, default=3584)
     p.add_argument("--select-targets", type=int, default=250)
     p.add_argument("--candidates", default="", help="select only these ';'-separated settings, e.g. 'tol=1e-2;patience=3'")

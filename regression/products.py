@@ -76,7 +76,25 @@ def tf32_matmul() -> Iterator[None]:
         matmul.fp32_precision = before
 
 
-class DenseDesign:
+class _Held:
+    """The sizes of the one [B, N] matrix a design holds."""
+
+    _held: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return int(self._held.shape[0])
+
+    @property
+    def cols(self) -> int:
+        return int(self._held.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return self._held.numel() * self._held.element_size()
+
+
+class DenseDesign(_Held):
     """A batch kept standardised in the compute dtype (``fp32``, ``tf32`` or float64)."""
 
     def __init__(self, xs: torch.Tensor, *, tf32: bool = False) -> None:
@@ -84,18 +102,7 @@ class DenseDesign:
         self._cuda = xs.device.type == "cuda"
         # On the CPU the TF32 rounding of the batch is done once, here.
         self._xs = round_tf32(xs) if self._tf32 and not self._cuda else xs
-
-    @property
-    def rows(self) -> int:
-        return int(self._xs.shape[0])
-
-    @property
-    def cols(self) -> int:
-        return int(self._xs.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        return self._xs.numel() * self._xs.element_size()
+        self._held = self._xs
 
     def _mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if not self._tf32:
@@ -112,27 +119,16 @@ class DenseDesign:
         return self._mm(self._xs.T, d)
 
 
-class MaskDesign:
+class MaskDesign(_Held):
     """A batch of raw 0/1 masks in bf16 with the standardisation as rank-1 corrections (``bf16``)."""
 
     def __init__(self, masks: torch.Tensor, mu: torch.Tensor, inv_sd: torch.Tensor) -> None:
         self._cuda = masks.device.type == "cuda"
         # 0 and 1 are exact in bf16; the CPU keeps them as fp32 (same values, a matmul it is fast at).
         self._x = masks.to(torch.bfloat16 if self._cuda else torch.float32)
+        self._held = self._x
         self._mu = mu.to(torch.float32)
         self._inv_sd = inv_sd.to(torch.float32)
-
-    @property
-    def rows(self) -> int:
-        return int(self._x.shape[0])
-
-    @property
-    def cols(self) -> int:
-        return int(self._x.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        return self._x.numel() * self._x.element_size()
 
     def _mm(self, a: torch.Tensor, b_bf16: torch.Tensor) -> torch.Tensor:
         """``a @ b`` with bf16 operands and fp32 accumulation and output."""
