@@ -99,20 +99,26 @@ def _variants() -> dict[str, Any]:
 
 
 def _candidates() -> dict[str, Any]:
-    """One change at a time from the defaults: what ``select`` measures on validation rows."""
+    """One change at a time from the defaults: what ``select`` measures on validation rows.
+
+    ``tol=1e-4``, ``batch_size=2000`` and ``patience=5`` are the defaults before
+    issue 12; ``val_fraction`` is ``fit_datamodels``' own parameter.
+    """
     from regression import SolverConfig
 
     base = SolverConfig().model_dump()
     changes: dict[str, dict[str, Any]] = {
-        "default": {}, "tol=1e-3": {"tol": 1e-3}, "tol=1e-5": {"tol": 1e-5},
-        "batch_size=1000": {"batch_size": 1000}, "batch_size=500": {"batch_size": 500},
-        "patience=3": {"patience": 3}, "patience=10": {"patience": 10}, "n_alphas=50": {"n_alphas": 50},
+        "default": {}, "tol=1e-4": {"tol": 1e-4}, "tol=3e-3": {"tol": 3e-3}, "tol=1e-2": {"tol": 1e-2},
+        "batch_size=2000": {"batch_size": 2000}, "batch_size=500": {"batch_size": 500},
+        "patience=5": {"patience": 5}, "patience=10": {"patience": 10}, "n_alphas=50": {"n_alphas": 50},
         "eps=1e-3": {"eps": 1e-3}, "average=1": {"average": 1}, "average=2": {"average": 2},
         "debias=ls": {"debias": "ls"}, "debias=relaxed": {"debias": "relaxed"},
         "debias=ls,ridge=0.1": {"debias": "ls", "ridge": 0.1}, "refit=False": {"refit": False},
         "lr=5e-3": {"lr": 5e-3}, "choose=1se": {"choose": "1se"}, "l2=0.1": {"l2": 0.1},
+        "val_fraction=0.2": {"val_fraction": 0.2},
     }
-    return {name: SolverConfig(**{**base, **change}) for name, change in changes.items()}
+    return {name: SolverConfig(**{**base, **{k: v for k, v in change.items() if k != "val_fraction"}})
+            for name, change in changes.items()}
 
 
 def _parse_setting(text: str) -> dict[str, Any]:
