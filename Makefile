@@ -20,8 +20,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Each benchmark's JSON goes to bench/out/NAME.json and the terminal. bench_regression makes its
+# real sweep (bench/specs/mnist1d_4608.yaml, ~10 min on 2 cores) when runs/ does not hold it yet.
 bench: $(STAMP)
-	@for script in bench/bench_*.py; do echo "== $$script" >&2; $(PY) $$script || exit 1; done
+	@mkdir -p bench/out
+	@for script in bench/bench_*.py; do name=$$(basename $$script .py); echo "== $$script -> bench/out/$$name.json" >&2; \
+		$(PY) $$script > bench/out/$$name.json || exit 1; cat bench/out/$$name.json; done
 
 clean:
 	rm -rf runs/ .pytest_cache

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos_support import ChaosContext, TrialResult, check_store, completed_blocks, kill_pid, poll, write_sweep
+from chaos_support import ChaosContext, TrialResult, check_store, completed_blocks, kill_pid, poll
 
 __all__: list[str] = []
 

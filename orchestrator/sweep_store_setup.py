@@ -6,7 +6,7 @@ import numpy as np
 
 from storage.errors import InputError, StoreMismatchError
 from storage.location import store_location
-from storage.npy_source import open_npy
+from storage.npy_rows import open_npy
 from storage.metadata import sweep_metadata
 from storage.spec import SweepSpec, spec_differences
 from storage.sweep_store import StoreProbe, SweepStore, probe_store
@@ -31,7 +31,7 @@ def stored_spec(store: SweepStore) -> SweepSpec:
 def check_masks_file(path: str, *, num_models: int, n_train: int) -> None:
     """An explicit masks file must be a bool .npy of shape [num_models, n_train]."""
     try:
-        masks = open_npy(path)
+        masks = open_npy(path, param="masks_file")
     except InputError as exc:
         raise InputError(f"masks_file {path!r} is not a readable .npy file ({exc})", params=("masks_file",)) from None
     if masks.dtype != np.bool_ or masks.shape != (num_models, n_train):

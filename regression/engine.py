@@ -6,6 +6,8 @@ scikit-learn Lasso objective on standardised masks
 
     (1 / 2n) ‖y_t − Xs w_t − b_t‖² + λ_t ‖w_t‖₁,      Xs = (X − μ) / σ  (column-wise)
 
+(plus ``(l2 / 2) ‖w_t‖²`` for an elastic net, ``l2 > 0``)
+
 along a decreasing geometric grid of λ per target, all targets as one matrix
 ``W [N, T]`` so each minibatch step is two matrix products.
 
@@ -47,18 +49,29 @@ The algorithm
   leaves the working matrices, so it costs nothing more until the next λ.
 * **Early stopping and λ choice.** After each λ step the validation rows' MSE is
   computed per target; a target whose validation MSE has not improved for
-  ``patience`` steps stops. The weights at its best step are kept.
-* **Refit.** With ``refit=True``, each target is re-solved at its chosen λ on
-  train + validation rows (new μ, σ, ȳ), warm-started from the chosen weights.
+  ``patience`` steps stops. The weights at its best step are kept. With
+  ``choose="1se"`` the chosen λ is instead the largest one whose validation MSE
+  is within one standard error of the best (glmnet's ``lambda.1se``), solved
+  from the best step's weights.
+* **At the chosen λ** (:mod:`regression.final`). By default (``refit=True``) each
+  target is re-solved at its chosen λ on train + validation rows (new μ, σ, ȳ),
+  warm-started from the chosen weights, as the published pipeline does. Options:
+  ``average`` (the solutions at the chosen λ's neighbours on the grid, averaged),
+  ``debias="ls"`` (least squares on each target's support) and
+  ``debias="relaxed"`` (a per-target blend of the two, chosen on validation rows).
+* **Precision** (:mod:`regression.products`). The two products per step run in
+  fp32, TF32, or bf16 on the exact 0/1 masks with fp32 accumulation.
 * **Output** is in the raw indicator space: ``weight = w / σ`` and
   ``bias = ȳ − μ · weight``, so ``masks @ weight + bias`` predicts the output.
 
 Where it lives
 --------------
 The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
-``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``) are the fields of
+``tol``, ``max_epochs``, ``patience``, ``seed``, ``refit``, ``l2``, ``average``,
+``debias``, ``ridge``, ``precision``) are the fields of
 :class:`regression.config.SolverConfig`. This module walks the path
-(:func:`solve_source`: grid, early stopping, refit, the divergence redo);
+(:func:`solve_source`: grid, early stopping, the divergence redo);
+:mod:`regression.final` does what follows the choice of λ;
 :mod:`regression.moments` computes μ, σ, ȳ and ``Xsᵀ(y − ȳ)/n``;
 :mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step;
 :mod:`regression.table` holds ``R``; :mod:`regression.path` is the array API.
@@ -77,13 +90,13 @@ from regression.config import SolverConfig, as_config
 from regression.epochs import (
     PRACTICAL_STEP_FRACTION,
     PROVEN_STEP_FRACTION,
-    REFIT_STEP,
     Diverged,
     Problem,
     default_cache_bytes,
     prepare,
     run_fixed_lambda,
 )
+from regression.final import PathEnd, finish
 from regression.loader import Range, RowSource
 from regression.moments import Moments, compute_moments
 from regression.progress import PathProgress
@@ -94,17 +107,45 @@ from storage.errors import InputError
 __all__ = ["solve_source"]
 
 
-def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Mean squared error on the validation rows for columns ``cols`` of ``w`` [N, A]."""
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (phase timings on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _val_mse(problem: Problem, source: RowSource, val: Sequence[Range], w: torch.Tensor, cols: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation MSE [A] of columns ``cols`` of ``w`` [N, A], and its standard error [A].
+
+    The standard error is that of a mean of the rows' squared errors,
+    ``sqrt((E[e⁴] − E[e²]²) / n_val)``.
+    """
     sq = torch.zeros(cols.numel(), dtype=torch.float64, device=w.device)
+    quad = torch.zeros_like(sq)
     rows = 0
     ybar = problem.moments.ybar.index_select(0, cols)
     for _, xs, targets in problem.batches_of(val):
-        pred = xs @ w + ybar
+        pred = xs.times(w) + ybar
         err = pred - targets.index_select(1, cols)
-        sq += (err * err).sum(0, dtype=torch.float64)
-        rows += int(xs.shape[0])
-    return (sq / max(rows, 1)).to(problem.dtype)
+        err2 = (err * err).to(torch.float64)
+        sq += err2.sum(0)
+        quad += (err2 * err2).sum(0)
+        rows += xs.rows
+    n = max(rows, 1)
+    mse = sq / n
+    se = ((quad / n - mse * mse).clamp_min(0.0) / n).sqrt()
+    return mse.to(problem.dtype), se.to(problem.dtype)
+
+
+def _one_standard_error(val_path: torch.Tensor, se_path: torch.Tensor, best_k: torch.Tensor) -> torch.Tensor:
+    """Per target, the first (largest-λ) step whose validation MSE is within one standard error of the best."""
+    best = val_path.gather(0, best_k[None, :])[0]
+    limit = best + se_path.gather(0, best_k[None, :])[0]
+    within = val_path <= limit[None, :]  # NaN (steps not walked) compares false
+    steps = torch.arange(val_path.shape[0], device=val_path.device)[:, None].expand_as(within)
+    first = torch.where(within, steps, torch.full_like(steps, val_path.shape[0])).amin(0)
+    return torch.minimum(first, best_k)
 
 
 def _grid(lam_max: torch.Tensor, cfg: SolverConfig, alphas: torch.Tensor | None) -> torch.Tensor:
@@ -198,8 +239,13 @@ def solve_source(
     if not train:
         raise InputError("train holds no row ranges; need at least one", params=("train",))
     grid_in = _check_alphas(alphas, n_targets)
+    if cfg.debias == "relaxed" and not val:
+        raise InputError("debias='relaxed' chooses its mix on validation rows; there are none", params=("debias",))
+    if cfg.precision != "fp32" and dtype != torch.float32:
+        raise InputError(f"precision={cfg.precision!r} needs the float32 compute dtype", params=("precision",))
     batches = list(train)
     mom = compute_moments(source, batches, dtype)
+    moments_seconds = _clock(device) - start
     lam_max = mom.c.abs().amax(0)
     grid = _grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
 
@@ -222,6 +268,7 @@ def solve_source(
                                  cache_bytes=cache_bytes, progress=progress, mom=mom, grid=grid,
                                  weight=weight.clone(), start=start, step_fraction=step_fraction)
             result.extra["step_fraction"] = step_fraction
+            result.extra["seconds_moments"] = moments_seconds
             return result
         except Diverged:
             continue  # redo the whole path at the proven step
@@ -245,11 +292,13 @@ def _solve_path(
     guard = step_fraction > PROVEN_STEP_FRACTION
     problem = Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
                        cache_budget=budget, step_fraction=step_fraction, guard=guard)
+    path_started = _clock(device)
     grad = prepare(problem, weight)
     path_step, path_lipschitz = problem.step, problem.lipschitz
 
     has_val = len(val) > 0
     val_path = torch.full((n_steps, n_targets), float("nan"), dtype=dtype, device=device)
+    se_path = torch.full_like(val_path, float("nan"))
     best_mse = torch.full((n_targets,), float("inf"), dtype=dtype, device=device)
     best_k = torch.full((n_targets,), n_steps - 1, dtype=torch.int64, device=device)
     since_best = torch.zeros(n_targets, dtype=torch.int64, device=device)
@@ -270,8 +319,9 @@ def _solve_path(
             unconverged.index_add_(0, cols, (~conv).to(torch.int64))
         if has_val:
             w_alive = weight.index_select(1, alive)
-            mse = _val_mse(problem, source, val, w_alive, alive)
+            mse, se = _val_mse(problem, source, val, w_alive, alive)
             val_path[k].index_copy_(0, alive, mse)
+            se_path[k].index_copy_(0, alive, se)
             improved = mse < best_mse.index_select(0, alive)
             better = alive[improved]
             best_mse.index_copy_(0, better, mse[improved])
@@ -288,26 +338,22 @@ def _solve_path(
 
     if not has_val:
         best_w = weight
+    moved = False
+    if has_val and cfg.choose == "1se":
+        chosen = _one_standard_error(val_path, se_path, best_k)
+        moved = bool((chosen != best_k).any())
+        best_k = chosen  # the weights stay those at the minimum: the solve at the chosen λ starts there
+        best_mse = val_path.gather(0, best_k[None, :])[0]
     lam_chosen = grid.gather(0, best_k[None, :])[0]
-    final_mom = mom
-
-    if cfg.refit and has_val:
-        all_batches = sorted(batches + list(val))
-        final_mom = compute_moments(source, all_batches, dtype)
-        # Path std. coords → raw → the refit's std. coords.
-        refit_w = best_w * mom.inv_sd[:, None] * final_mom.sd()[:, None]
-        problem.cache.clear()  # standardised with the path's moments; free it first
-        refit_problem = Problem(source=source, batches=all_batches, moments=final_mom, table=table, dtype=dtype,
-                                 cfg=cfg, cache_budget=budget, step_fraction=step_fraction, guard=guard)
-        refit_problem.n_iter, refit_problem.flops = problem.n_iter, problem.flops
-        refit_grad = prepare(refit_problem, refit_w)
-        everyone = torch.arange(n_targets, device=device)
-        ep, conv = run_fixed_lambda(refit_problem, refit_w, refit_grad, everyone, lam_chosen, phase=REFIT_STEP)
-        epochs += ep
-        unconverged += (~conv).to(torch.int64)
-        best_w = refit_w
-        problem.n_iter, problem.flops = refit_problem.n_iter, refit_problem.flops
-
+    end = PathEnd(weight=best_w, index=best_k, grid=grid)
+    path_done = _clock(device)
+    final = finish(problem, source, val=val, cfg=cfg, dtype=dtype, table=table, budget=budget, end=end,
+                    grad=grad, step_fraction=step_fraction, guard=guard, resolve=moved)
+    final.extra["seconds_final"] = _clock(device) - path_done
+    final.extra["seconds_path"] = path_done - path_started
+    epochs += final.epochs
+    unconverged += final.unconverged
+    best_w, final_mom = final.weight, final.moments
     raw = best_w * final_mom.inv_sd[:, None]
     bias = final_mom.ybar - final_mom.mu @ raw
     best_val = best_mse if has_val else torch.full_like(best_mse, float("nan"))
@@ -324,7 +370,7 @@ def _solve_path(
         n_unconverged=unconverged.to(torch.int32).cpu().numpy(),
         lambdas=grid.to(torch.float32).cpu().numpy(),
         val_mse_path=val_path.to(torch.float32).cpu().numpy(),
-        n_iter=problem.n_iter,
+        n_iter=final.n_iter,
         step_size=path_step,
         lipschitz=path_lipschitz,
         n_train=mom.n,
@@ -332,5 +378,7 @@ def _solve_path(
         refit=bool(cfg.refit and has_val),
         wall_time=time.perf_counter() - start,
         device=str(device),
-        extra={"saga_flops": problem.flops, "n_steps_walked": float(k + 1)},
+        extra={"n_steps_walked": float(k + 1), **final.extra},
+        mix=None if final.mix is None else final.mix.to(torch.float32).cpu().numpy(),
     )
+

@@ -16,6 +16,7 @@ from regression.config import SolverConfig
 from regression.loader import Range, RowSource
 from regression.memory import available_host
 from regression.moments import Moments
+from regression.products import Design, make_design
 from regression.table import ResidualTable
 from storage.errors import SolverError
 
@@ -62,7 +63,7 @@ class Problem:
     n_iter: int = 0
     flops: float = 0.0  # of the SAGA matrix products (2 per step, 2·B·N·A each)
     cache_budget: int = 0
-    cache: dict[Range, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    cache: dict[Range, tuple[Design, torch.Tensor]] = field(default_factory=dict)
     cache_used: int = 0
     step_fraction: float = PROVEN_STEP_FRACTION
     #: Watch for divergence (only while trying the practical step).
@@ -70,11 +71,12 @@ class Problem:
     #: ‖y_t − ȳ_t‖² / n per target, for the divergence bound (set by prepare).
     y_power: torch.Tensor | None = None
 
-    def standardise(self, masks: torch.Tensor) -> torch.Tensor:
-        """``(masks − μ) / σ`` in the compute dtype, shape [B, N] as given."""
-        return (masks.to(self.dtype) - self.moments.mu) * self.moments.inv_sd
+    def standardise(self, masks: torch.Tensor) -> Design:
+        """The batch ``(masks − μ) / σ`` [B, N] behind the products of ``cfg.precision``."""
+        return make_design(masks, self.moments.mu, self.moments.inv_sd, precision=self.cfg.precision,
+                           dtype=self.dtype)
 
-    def batches_of(self, ranges: Sequence[Range]) -> Iterator[tuple[Range, torch.Tensor, torch.Tensor]]:
+    def batches_of(self, ranges: Sequence[Range]) -> Iterator[tuple[Range, Design, torch.Tensor]]:
         """Yield ``(range, standardised masks [B, N], targets [B, T])`` per range.
 
         Standardising a batch costs a pass over B·N values, as much as the two
@@ -90,7 +92,7 @@ class Problem:
                 continue
             masks, targets = next(fresh)
             xs, y = self.standardise(masks), targets.to(self.dtype)
-            size = (xs.numel() + y.numel()) * xs.element_size()
+            size = xs.nbytes + y.numel() * y.element_size()
             if self.cache_used + size <= self.cache_budget:
                 self.cache[rng] = (xs, y)
                 self.cache_used += size
@@ -129,10 +131,10 @@ def prepare(problem: Problem, weight: torch.Tensor) -> torch.Tensor:
     for (r0, r1), xs, targets in problem.batches_of(problem.batches):
         yc = targets - mom.ybar
         y_power += (yc * yc).sum(0)
-        resid = -yc if zero_start else xs @ weight - yc
+        resid = -yc if zero_start else xs.times(weight) - yc
         problem.table.put(r0, r1, None, resid)
         if not zero_start:
-            grad += xs.T @ resid
+            grad += xs.t_times(resid)
         worst = max(worst, m * _top_eigenvalue(xs, v0) / mom.n)
     if not zero_start:
         grad /= mom.n
@@ -145,12 +147,12 @@ def prepare(problem: Problem, weight: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-def _top_eigenvalue(xs: torch.Tensor, v0: torch.Tensor) -> float:
+def _top_eigenvalue(xs: Design, v0: torch.Tensor) -> float:
     """Largest eigenvalue of ``xsᵀ xs`` by power iteration."""
-    v = v0 / v0.norm()
+    v = (v0 / v0.norm())[:, None]
     value = 0.0
     for _ in range(_POWER_ITERATIONS):
-        w = xs.T @ (xs @ v)
+        w = xs.t_times(xs.times(v))
         value = float(w.norm())
         if value == 0.0:
             return 0.0
@@ -207,6 +209,8 @@ def run_fixed_lambda(
     w = weight if full else weight.index_select(1, act)
     g_avg = grad if full else grad.index_select(1, act)
     thr = step * lam
+    # The elastic net's ridge part is exact in the prox: soft-threshold, then shrink by 1/(1 + η·l2).
+    shrink = 1.0 / (1.0 + step * cfg.l2)
     ybar = mom.ybar.index_select(0, act)
     assert problem.y_power is not None
     bound = _DIVERGENCE_FACTOR * problem.y_power.index_select(0, act) / (2 * lam.clamp_min(torch.finfo(lam.dtype).tiny))
@@ -232,17 +236,19 @@ def run_fixed_lambda(
         for (r0, r1), xs, y in problem.batches_of(ranges):
             if cols_arg is not None:
                 y = y.index_select(1, act)
-            resid = xs @ w
+            resid = xs.times(w)
             resid -= y - ybar
             delta = resid - table.get(r0, r1, cols_arg)
-            g = xs.T @ delta
+            g = xs.t_times(delta)
             w.add_(g, alpha=-step * m / n).add_(g_avg, alpha=-step)
             g_avg.add_(g, alpha=1.0 / n)
             table.put(r0, r1, cols_arg, resid)
             # Soft threshold: w − clamp(w, −τ, τ) is sign(w)·max(|w| − τ, 0).
             w.sub_(torch.maximum(torch.minimum(w, thr), -thr))
+            if shrink != 1.0:
+                w.mul_(shrink)
             problem.n_iter += 1
-            problem.flops += 4.0 * xs.shape[0] * xs.shape[1] * w.shape[1]
+            problem.flops += 4.0 * xs.rows * xs.cols * w.shape[1]
         epochs[pos] += 1
         change = (w - w_prev).abs().amax(0) / w.abs().amax(0).clamp_min(torch.finfo(w.dtype).tiny)
         done = change <= cfg.tol

@@ -21,9 +21,9 @@ import numpy as np
 
 from regression.config import SolverConfig, as_config
 from regression.loader import rows_index
-from regression.memory import plan_memory
+from regression.memory import plan_memory, state_units
 from regression.progress import FitProgress, NullProgress
-from regression.rows import check_slice, to_runs
+from regression.rows import check_slice, evaluation_rows, to_runs
 from regression.shards import ShardJob, run_shards
 from storage.datamodels import (
     create_datamodels,
@@ -117,14 +117,16 @@ def fit_datamodels(
         Solver settings (``SolverConfig()`` when None); ``config.refit`` re-solves
         at each chosen λ on train + validation rows.
     rows : slice, optional
-        Model rows to use (default all); only completed rows inside are used.
+        Model rows to use (default all but an imported store's evaluation rows);
+        only completed rows inside are used.
     targets : slice, optional
         Columns of ``output`` to fit (default all).
     output : {"margins/test", "margins/train"}
         The stored output regressed on.
     val_fraction : float
-        Last fraction of the rows held out for early stopping (0 ≤ f < 1; 0 walks
-        the whole path and keeps its last λ).
+        Fraction of the rows held out, the last ``round(f·n)`` of the ``n`` rows,
+        for early stopping and the choice of λ, wherever that split falls (0 ≤ f < 1;
+        0 walks the whole path and keeps its last λ).
     shards : int
         Target shards (each a whole number of weight chunks); Ray tasks when Ray
         is initialised, else run in turn. A resumed fit keeps the original split.
@@ -175,12 +177,25 @@ def fit_datamodels(
     target_range = check_slice(targets, width, "targets")
     completed = store.completed_rows()
     fit_rows = completed[(completed >= row_range.start) & (completed < row_range.stop)]
+    held_out = evaluation_rows(store)
+    if held_out is not None:
+        kept = (fit_rows >= held_out.start) & (fit_rows < held_out.stop)
+        if rows is not None and kept.any():
+            raise InputError(
+                f"rows [{row_range.start}:{row_range.stop}] overlap the store's evaluation models "
+                f"[{held_out.start}:{held_out.stop}) (kept for eval); fit on other rows",
+                params=("rows",),
+            )
+        fit_rows = fit_rows[~kept]
     if fit_rows.size < 2:
         raise InputError(
             f"rows [{row_range.start}:{row_range.stop}] hold {fit_rows.size} completed rows; need at least 2 to fit",
             params=("rows",),
         )
-    n_train_rows = _train_split(store, fit_rows, val_fraction)
+    n_train_rows = _train_split(fit_rows.size, val_fraction)
+    if config.debias == "relaxed" and n_train_rows == fit_rows.size:
+        raise InputError("debias='relaxed' chooses its mix on validation rows: give val_fraction > 0",
+                         params=("debias", "val_fraction"))
     _check_finite(store, fit_rows, output, target_range)
 
     settings = config.model_dump(mode="json")
@@ -200,7 +215,7 @@ def fit_datamodels(
     plan_memory(
         n_rows=int(fit_rows.size), n_features=dataset.n_train, n_targets=math.ceil(n_targets / shards),
         output_width=width, batch_rows=min(config.batch_size, fit_rows.size) + store.block, device=resolved,
-        max_memory=max_memory,
+        max_memory=max_memory, units=state_units(refit=config.refit, average=config.average, debias=config.debias),
     )
     writable = SweepStore.open(store_path, mode="r+")
     group = _open_or_create(writable.group, name, description, n_targets, dataset.n_train, shards, overwrite)
@@ -247,22 +262,16 @@ def fit_datamodels(
         mean_nnz=float(np.mean(summary["nnz"])), mean_lam=float(np.mean(summary["lam"])), config=settings,
     )
 
-def _train_split(store: SweepStore, fit_rows: np.ndarray, val_fraction: float) -> int:
-    """Rows before the validation split: the last ``val_fraction`` of rows, cut at a block edge."""
-    n = int(fit_rows.size)
-    if val_fraction == 0:
-        return n
-    starts = (fit_rows % store.block == 0) | np.r_[True, np.diff(fit_rows) != 1]
-    cuts = np.flatnonzero(starts)
-    cuts = cuts[(cuts > 0) & (cuts < n)]
-    if cuts.size == 0:
+def _train_split(n: int, val_fraction: float) -> int:
+    """Training rows of ``n``: all but the last ``round(val_fraction · n)``, wherever that split falls."""
+    n_val = round(val_fraction * n)
+    if val_fraction > 0 and not 0 < n_val < n:
         raise InputError(
-            f"rows: {n} completed rows form a single block of {store.block}; a validation split needs at least two "
-            "blocks (or val_fraction=0)",
-            params=("rows", "val_fraction"),
+            f"val_fraction={val_fraction} of {n} rows leaves {n_val} validation and {n - n_val} training rows; "
+            "both need at least one (or val_fraction=0)",
+            params=("val_fraction",),
         )
-    ideal = n - max(1, round(val_fraction * n))
-    return int(cuts[np.argmin(np.abs(cuts - ideal))])
+    return n - n_val
 
 
 def _check_finite(store: SweepStore, fit_rows: np.ndarray, output: str, targets: range) -> None:

@@ -169,6 +169,10 @@ class StoreSource:
         Batches read ahead of the consumer; bounds host memory.
     pin : bool
         Pin host buffers (only meaningful for CUDA) so copies are asynchronous.
+    splits : sequence of int
+        Source rows where a batch may begin besides block edges: the validation
+        split, which may fall anywhere inside a block (a read of part of a chunk
+        is as good as a whole one).
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class StoreSource:
         device: torch.device,
         queue_depth: int = 2,
         pin: bool = False,
+        splits: Sequence[int] = (),
     ) -> None:
         self._store = store
         self._rows = np.asarray(rows, dtype=np.int64)
@@ -193,9 +198,11 @@ class StoreSource:
         self._n_features = int(dataset.n_train)
         self._n_targets = len(range(*targets.indices(int(dataset.n_test))))
         # A batch may begin where a store block begins or where the rows jump
-        # (a gap of incomplete blocks), so every read is whole chunks.
+        # (a gap of incomplete blocks), so reads are whole chunks, and at the splits.
         block = int(store.block)
         starts = (self._rows % block == 0) | np.r_[True, np.diff(self._rows) != 1]
+        inside = [int(r) for r in splits if 0 < int(r) < self._rows.size]
+        starts[inside] = True
         self._cuts = np.flatnonzero(starts).astype(np.int64)
 
     @property

@@ -18,7 +18,7 @@ import torch
 
 from storage.errors import InputError
 
-__all__ = ["MemoryPlan", "plan_memory", "current_rss", "peak_rss", "available_host"]
+__all__ = ["MemoryPlan", "plan_memory", "state_units", "current_rss", "peak_rss", "available_host"]
 
 _F32 = 4
 # Transient copies the estimate cannot see exactly (allocator slack, zarr's
@@ -38,7 +38,19 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """Peak resident bytes of this process so far."""
+    """Peak resident bytes of this process so far.
+
+    On Linux, ``VmHWM`` of /proc/self/status: the high-water mark of this
+    program's own memory. ``getrusage``'s ``ru_maxrss`` (used elsewhere) survives
+    ``execve``, so a fresh child process would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
@@ -77,6 +89,27 @@ class MemoryPlan:
     table_on_disk: bool = False
 
 
+def state_units(*, refit: bool = True, average: int = 0, debias: str = "none") -> int:
+    """Solver buffers of one [N_train, T] float32 matrix each, live at the fit's peak.
+
+    The path holds the moments' ``c``, the weights, Ḡ, the best weights, and in an
+    epoch the working copies of W and Ḡ, the epoch's W copy, the gradient product
+    and the validation pass's copy of W: 9. Recomputing the moments (the refit)
+    holds float64 ``Xᵀy`` and its centred copy and ``c`` (6) beside the path's 4
+    that stay referenced; the refit's own W, Ḡ and ``c`` and its epoch
+    temporaries (4) make 12, and an average keeps a running sum (13). The
+    least-squares debias's conjugate gradients hold x, r, p, A·p, b, the support,
+    the masked p and the pass's sum (8) beside the LASSO weights and what the
+    refit left (7): 16, one more for the relaxed blend's training-row solution.
+    """
+    units = 9
+    if refit or average:
+        units = max(units, 4 + 6, 4 + 3 + 4 + 1 + (1 if average else 0))
+    if debias != "none":
+        units = max(units, 8 + 8 + (1 if debias == "relaxed" else 0))
+    return units
+
+
 def plan_memory(
     *,
     n_rows: int,
@@ -86,6 +119,7 @@ def plan_memory(
     batch_rows: int,
     device: torch.device,
     max_memory: int | None,
+    units: int | None = None,
 ) -> MemoryPlan:
     """Plan residency of masks and SAGA table for a fit of ``n_targets`` targets.
 
@@ -106,6 +140,9 @@ def plan_memory(
     max_memory : int or None
         Bound on the process's resident bytes; None: no bound (the plan still
         keeps masks streamed when they would not fit in available memory).
+    units : int, optional
+        [N_train, T] buffers live at the fit's peak (:func:`state_units` of the
+        settings; default: the default settings', a refit).
 
     Returns
     -------
@@ -118,9 +155,8 @@ def plan_memory(
     in a file).
     """
     cuda = device.type == "cuda"
-    # Solver state per target column: W, Ḡ, best W, the epoch's W copy, the
-    # gradient product, the compacted working copies of W and Ḡ.
-    state = 7 * n_features * n_targets * _F32
+    # Solver state per target column, the path's and what follows it (state_units).
+    state = (state_units() if units is None else int(units)) * n_features * n_targets * _F32
     # One batch in flight on the device: bool masks, the standardised float copy,
     # targets, residuals and their differences.
     batch = batch_rows * (n_features * (1 + 2 * _F32) + 6 * n_targets * _F32)

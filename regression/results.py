@@ -57,7 +57,14 @@ class LassoPathResult:
     extra : dict of str to float
         ``saga_flops`` (FLOPs of the SAGA matrix products), ``n_steps_walked``
         (λ steps before every target had stopped) and ``step_fraction`` (1 for the
-        practical step ``1/L̂``, 1/3 when the path was redone at the proven one).
+        practical step ``1/L̂``, 1/3 when the path was redone at the proven one);
+        with a debias, ``least_squares_iterations`` (mean conjugate-gradient
+        iterations) and, relaxed, ``mean_mix``; seconds per phase:
+        ``seconds_moments`` (the first pass), ``seconds_path`` (step estimate and
+        path) and ``seconds_final`` (refit, average, debias).
+    mix : ndarray of float32, shape [T], or None
+        With ``debias="relaxed"``, each target's weight γ on the LASSO (1 − γ on
+        least squares), chosen on validation rows; else None.
     """
 
     weight: np.ndarray
@@ -79,6 +86,7 @@ class LassoPathResult:
     wall_time: float
     device: str
     extra: dict[str, float] = field(default_factory=dict)
+    mix: np.ndarray | None = None
 
     def predict(self, masks: np.ndarray) -> np.ndarray:
         """Predicted outputs, shape [M, T], for masks of shape [M, N]."""

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from storage.errors import InputError
+from storage.metadata import ImportMetadata, SweepMetadata
 
-__all__ = ["check_slice", "to_runs", "from_runs"]
+__all__ = ["check_slice", "to_runs", "from_runs", "evaluation_rows", "replicates_of"]
+
+
+def evaluation_rows(store: Any) -> range | None:
+    """The rows an imported store keeps for evaluation (its provenance's ``eval_rows``), or None."""
+    meta = store.metadata
+    if isinstance(meta, ImportMetadata) and meta.provenance.eval_rows is not None:
+        return range(*meta.provenance.eval_rows)
+    return None
+
+
+def replicates_of(store: Any) -> int:
+    """Models per mask in a store: rows ``[i·R, (i+1)·R)`` share mask ``i`` (1: every row its own mask)."""
+    meta = store.metadata
+    if isinstance(meta, SweepMetadata):
+        return int(meta.spec.replicates)
+    return int(meta.provenance.replicates)
 
 
 def check_slice(sel: slice | None, size: int, what: str) -> range:

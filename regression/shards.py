@@ -21,7 +21,7 @@ import numpy as np
 from regression.config import SolverConfig
 from regression.engine import solve_source
 from regression.loader import StoreSource, split_batches
-from regression.memory import plan_memory
+from regression.memory import plan_memory, state_units
 from regression.progress import PathProgress
 from storage.datamodels import open_datamodels, write_columns
 from storage.errors import DmsweepError, SolverError
@@ -93,7 +93,7 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     -------
     dict
         ``shard``, ``columns``, ``seconds``, ``solver_seconds``, ``device``,
-        ``node``, ``epochs``, ``n_iter``, ``unconverged_steps``, ``step_size``,
+        ``node``, ``epochs``, ``n_iter``, ``flops`` (of the matrix products), ``unconverged_steps``, ``step_size``,
         ``masks_resident``, ``table_on_device``, ``table_on_disk``.
     """
     started = time.perf_counter()
@@ -102,14 +102,17 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     config = SolverConfig(**job.config)
     columns = slice(job.target_offset + job.start, job.target_offset + job.stop)
     width = store.dataset.n_test if job.output == "margins/test" else store.dataset.n_train
-    open_source = partial(StoreSource, store, rows=job.fit_rows, output=job.output, targets=columns, device=device)
+    open_source = partial(StoreSource, store, rows=job.fit_rows, output=job.output, targets=columns, device=device,
+                          splits=(job.n_train_rows,))
     source = open_source()
     cuts = source.cut_points()
     train = split_batches(cuts, 0, job.n_train_rows, config.batch_size)
     val = split_batches(cuts, job.n_train_rows, source.n_rows, config.batch_size)
+    refit = split_batches(cuts, 0, source.n_rows, config.batch_size) if config.refit else []
     plan = plan_memory(
         n_rows=source.n_rows, n_features=source.n_features, n_targets=source.n_targets, output_width=width,
-        batch_rows=max(b - a for a, b in train + val), device=device, max_memory=job.max_memory,
+        batch_rows=max(b - a for a, b in train + val + refit), device=device, max_memory=job.max_memory,
+        units=state_units(refit=config.refit, average=config.average, debias=config.debias),
     )
     source = open_source(queue_depth=plan.queue_depth, pin=device.type == "cuda")
     data = source.load() if plan.masks_resident else source
@@ -137,6 +140,7 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
         "node": socket.gethostname(),
         "epochs": int(result.n_epochs.sum()),
         "n_iter": int(result.n_iter),
+        "flops": float(result.extra["saga_flops"]),
         "unconverged_steps": int(result.n_unconverged.sum()),
         "step_size": float(result.step_size),
         "masks_resident": bool(plan.masks_resident),

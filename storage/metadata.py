@@ -63,6 +63,12 @@ class ImportProvenance(BaseModel):
         Free text for people.
     alpha : float or None
         Mean fraction of the training set in a subset, measured on the masks.
+    eval_rows : (int, int) or None
+        Rows ``[start, stop)`` that hold models kept for evaluation (the published
+        data's extra models): ``fit`` leaves them out, ``eval`` uses them by default.
+    replicates : int
+        Models per mask: rows ``[i·R, (i+1)·R)`` share one mask (trained with
+        different seeds); ``eval`` reports LDS against their mean too.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +77,8 @@ class ImportProvenance(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)
     description: str = ""
     alpha: float | None = Field(None, gt=0, lt=1)
+    eval_rows: tuple[int, int] | None = None
+    replicates: int = Field(1, ge=1)
 
 
 class _Common(BaseModel):
@@ -118,8 +126,17 @@ def _check_outputs(outputs: Sequence[str]) -> tuple[OutputName, ...]:
     return tuple(outputs)  # type: ignore[return-value]
 
 
+#: Provenance fields added after stores were made: left out of the hash at their
+#: defaults, so the stores made before them keep their hash.
+_LATER_FIELDS = {"eval_rows": None, "replicates": 1}
+
+
 def _provenance_hash(provenance: ImportProvenance) -> str:
-    canonical = json.dumps(provenance.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    fields = provenance.model_dump(mode="json")
+    for name, default in _LATER_FIELDS.items():
+        if fields.get(name) == default:
+            fields.pop(name)
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -76,6 +76,7 @@ class SweepSpec(UserModel):
     num_models: int = Field(gt=0, description="Number of models (rows); a multiple of block.")
     block: int = Field(64, gt=0, le=65536, description="Models per task = rows per chunk.")
     seed: int = Field(0, ge=0, description="Base seed; masks and training seeds derive from (seed, model index).")
+    replicates: int = Field(1, ge=1, description="Models per mask, each with its own seed and row: model i trains on mask i // replicates (an eval sweep's LDS is then also measured against the mean over replicates). Must divide block.")
     outputs: OutputsSpec = Field(default_factory=OutputsSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     retries: int = Field(2, ge=0, description="Attempts after the first before a block is recorded as failed.")
@@ -96,11 +97,23 @@ class SweepSpec(UserModel):
             raise ValueError(f"num_models ({self.num_models}) must be a multiple of block ({self.block})")
         if self.alpha is None and self.masks_file is None:
             raise ValueError("alpha: Field required (or give masks_file)")
+        if self.block % self.replicates:
+            raise ValueError(f"replicates ({self.replicates}) must divide block ({self.block}): a block holds "
+                             "whole replicate groups")
+        if self.replicates > 1 and self.masks_file is not None:
+            raise ValueError("replicates needs random masks (alpha); with masks_file, repeat the rows in the file")
         return self
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define what the store holds (see :data:`IDENTITY_EXCLUDED`)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in IDENTITY_EXCLUDED}
+        """The fields that define what the store holds (see :data:`IDENTITY_EXCLUDED`).
+
+        ``replicates`` came after stores were made: at its default (1) it is left
+        out, so their spec hash still matches.
+        """
+        fields = {k: v for k, v in self.model_dump(mode="json").items() if k not in IDENTITY_EXCLUDED}
+        if fields.get("replicates") == 1:
+            fields.pop("replicates")
+        return fields
 
 
 def spec_hash(spec: SweepSpec) -> str:

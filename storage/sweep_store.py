@@ -289,6 +289,12 @@ class SweepStore:
         group = zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
         return cls(group, location, mode, parse_metadata(group.attrs, where=location.uri))
 
+    def discard(self, *, keep_dir: bool = False) -> None:
+        """Delete this store and its state area: for a creator that failed before finishing it (an import
+        whose input turned out bad part-way). ``keep_dir`` leaves the empty directory the user made."""
+        self._location.state.delete_all()
+        _remove_hierarchy(self._location, keep_dir=keep_dir)
+
     def reopen(self) -> SweepStore:
         """A fresh handle (after another process resized or re-ledgered the store)."""
         return SweepStore.open(self._location, mode=self._mode)

@@ -62,15 +62,3 @@ def chaos(ray_session) -> Iterator[object]:
         yield ChaosContext(workdir, address=ray_session.get_runtime_context().gcs_address, pythonpath=[str(TESTS_DIR)])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` with its size and mtime, to prove nothing was written."""
-    snapshot: dict[str, tuple[int, int]] = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            snapshot[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
-        else:
-            snapshot[str(path.relative_to(root)) + "/"] = (0, 0)
-    return snapshot

@@ -19,7 +19,7 @@ import numpy as np
 
 from storage.errors import BlockFailedError, EnvironmentFault, InputError
 from storage.location import StoreLocation, store_location
-from storage.npy_source import open_npy
+from storage.npy_rows import open_npy
 from storage.sweep_store import SweepStore
 from workers.device import resolve_device
 from workers.masks import block_masks, block_seeds
@@ -85,6 +85,7 @@ class BlockRunner:
             raise InputError(f"{self._store_path.uri!r} is an imported store; it has no recipe to train with")
         self._seed = spec.seed
         self._alpha = spec.alpha
+        self._replicates = spec.replicates
         self._masks_file = spec.masks_file
         self._n_train = store.dataset.n_train
         self.recipe: Recipe = build_recipe(spec.recipe.name, spec.recipe.params)
@@ -142,8 +143,8 @@ class BlockRunner:
 
     def _block_masks(self, rows: range) -> np.ndarray:
         if self._masks_file is not None:
-            explicit = open_npy(self._masks_file)  # a path every node mounts, or an s3:// object
+            explicit = open_npy(self._masks_file, param="masks_file")  # a path every node mounts, or an s3:// object
             return np.array(explicit[rows.start : rows.stop], dtype=bool)
         if self._alpha is None:  # the spec model requires one of the two
             raise BlockFailedError("the spec has neither alpha nor masks_file")
-        return block_masks(self._seed, rows, self._n_train, self._alpha)
+        return block_masks(self._seed, rows, self._n_train, self._alpha, self._replicates)

@@ -41,11 +41,20 @@ def subset_mask(seed: int, index: int, n: int, alpha: float) -> np.ndarray:
     return mask
 
 
-def block_masks(seed: int, rows: range, n: int, alpha: float) -> np.ndarray:
-    """Masks of the models ``rows`` as a bool array [len(rows), n]."""
+def block_masks(seed: int, rows: range, n: int, alpha: float, replicates: int = 1) -> np.ndarray:
+    """Masks of the models ``rows`` as a bool array [len(rows), n].
+
+    With ``replicates`` R, model ``i`` trains on mask ``i // R``: masks stay a
+    pure function of (seed, mask index), and the R models of a mask differ only
+    by their training seeds (:func:`model_seed` of the model index).
+    """
     out = np.empty((len(rows), n), dtype=bool)
     for i, index in enumerate(rows):
-        out[i] = subset_mask(seed, index, n, alpha)
+        mask_index = index // replicates
+        if i and rows[i - 1] // replicates == mask_index:
+            out[i] = out[i - 1]  # a replicate of the model before it
+        else:
+            out[i] = subset_mask(seed, mask_index, n, alpha)
     return out
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import JsonFlag, guarded, emit, parse_bytes, parse_range, say, with_model_options
+from orchestrator.cli.common import JsonFlag, err, guarded, emit, parse_bytes, parse_range, say, with_model_options
 from regression.config import SolverConfig
 
 __all__ = ["register"]
@@ -23,14 +25,16 @@ def fit(
     shards: Annotated[int, typer.Option(help="Split targets into this many shards (Ray tasks when on Ray).")] = 1,
     output: Annotated[str, typer.Option(help="Output regressed on: margins/test or margins/train.")] = "margins/test",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
-    val_fraction: Annotated[float, typer.Option(help="Last fraction of the rows held out for early stopping.")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(
+        help="Fraction of the rows held out for early stopping and the choice of lambda: exactly the last "
+        "round(f*n) rows, wherever that falls.")] = 0.1,
     max_memory: Annotated[str | None, typer.Option(help="Bound on host memory, e.g. 8GiB.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing datamodels of this name.")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster to run shards on (default: in turn, here).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit one LASSO datamodel per target (SAGA path, best lambda by validation MSE)."""
+    """Fit one LASSO datamodel per target (SAGA path, best lambda by validation MSE, refit on train + validation)."""
     from orchestrator.cli.fit_progress import RichFitProgress
     from orchestrator.ray_runtime import connect_if_asked
     from regression.fit import fit_datamodels
@@ -48,7 +52,18 @@ def fit(
         f"datamodels {result.name!r}: {result.targets[1] - result.targets[0]} targets fitted on "
         f"{result.n_train_rows} models (+{result.n_val_rows} for validation) in {result.wall_time:.1f}s on {result.device}; "
         f"mean val MSE {result.mean_val_mse:.4g}, mean non-zeros {result.mean_nnz:.1f}, "
-        f"shards fitted {result.shards_fitted}, skipped {result.shards_skipped}"))
+        f"shards fitted {result.shards_fitted}, skipped {result.shards_skipped}\n"
+        f"settings: {_settings(config)}"))
+
+
+def _settings(config: SolverConfig) -> str:
+    """The solver settings in one line, as flags (what the defaults are, when none were given)."""
+    parts = []
+    for name, value in config.model_dump(mode="json").items():
+        extra = SolverConfig.model_fields[name].json_schema_extra
+        flag = str(extra.get("flag") if isinstance(extra, dict) and extra.get("flag") else "--" + name.replace("_", "-"))
+        parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(parts)
 
 
 def evaluate(
@@ -62,28 +77,86 @@ def evaluate(
     from regression.lds import evaluate_lds
 
     result = evaluate_lds(store, name=name, eval_store=eval_store, rows=parse_range(rows, param="rows"))
-    emit(result.to_dict(), as_json, lambda: say(
-        f"LDS {result.lds:.3f} (Spearman, mean over {result.n_targets} targets; ±{result.spearman_std:.3f} across targets), "
-        f"Pearson {result.pearson:.3f}, on {result.n_models} held-out models"))
+
+    def human() -> None:
+        say(f"LDS {result.lds:.3f} (Spearman, mean over {result.n_targets} targets; ±{result.spearman_std:.3f} across "
+            f"targets), Pearson {result.pearson:.3f}, on {result.n_models} held-out models")
+        if result.lds_mean is not None:
+            say(f"LDS {result.lds_mean:.3f} against the mean of {result.replicates} replicates per mask "
+                f"({result.n_masks} masks; ±{result.spearman_std_mean:.3f}), Pearson {result.pearson_mean:.3f}")
+        say(f"protocol: {result.protocol}")
+
+    emit(result.to_dict(), as_json, human)
+
+
+@contextmanager
+def _rows_bar(enabled: bool, description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich bar on stderr fed by a library's ``progress(done, total)`` callback (None when off)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=err) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def import_npy(
     store: Annotated[str, typer.Argument(help="Store to create (a path or s3://bucket/prefix).")],
-    masks: Annotated[Path, typer.Option(help="Bool .npy [M, N_train] (the datamodels-data format).")],
-    margins: Annotated[Path, typer.Option(help="Float .npy [M, N_test].")],
-    block: Annotated[int, typer.Option(help="Rows per block/chunk; must divide M.")] = 1000,
+    masks: Annotated[str | None, typer.Option(
+        help="Bool or 0/1 uint8 .npy [M, N_train] (the datamodels-data format): a path or s3://bucket/key.")] = None,
+    margins: Annotated[str | None, typer.Option(help="Float .npy [M, N_test] (float16/32/64): a path or s3:// URI.")] = None,
+    train_margins: Annotated[str | None, typer.Option(
+        help="Float .npy [M, N_train] of margins on the training examples (a path or s3:// URI).")] = None,
+    published: Annotated[str | None, typer.Option(
+        help="A folder or s3:// prefix in the release's layout ({DATASET}/data/): reads train_masks_{PCT}pct.npy "
+        "and test_margins_{PCT}pct.npy, and keeps the last 10,000 models for evaluation.")] = None,
+    pct: Annotated[int | None, typer.Option(help="The release's subset percentage, with --published (10, 20, 50, 75).")] = None,
+    eval_models: Annotated[int | None, typer.Option(
+        help="The last N rows are models kept for evaluation: fit leaves them out, eval uses them "
+        "(default 0; 10,000 with --published).")] = None,
+    eval_store: Annotated[str | None, typer.Option(
+        help="Put the evaluation models in a store of their own here (a path or s3:// URI).")] = None,
+    replicates: Annotated[int, typer.Option(help="Models per mask: rows [i*R, (i+1)*R) share one mask (checked).")] = 1,
+    block: Annotated[int, typer.Option(help="Rows per block/chunk (any row count works: the last block is shorter).")] = 1000,
+    requester_pays: Annotated[bool, typer.Option(
+        help="For s3:// inputs: agree to pay for the requests (the published datamodels buckets require it).")] = False,
     dataset_name: Annotated[str, typer.Option(help="A name for the dataset.")] = "imported",
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a store from published .npy masks and margins (memory-mapped, row block by row block)."""
-    from storage.published import import_npy as import_files
+    """Create a store from .npy masks and margins (the published datamodels format), a block of rows at a time."""
+    from storage.errors import InputError
+    from storage.published import PUBLISHED_EVAL_MODELS, import_npy as import_files, published_files
 
-    result = import_files(masks, margins, store, block=block, dataset_name=dataset_name,
-                          progress=progress and not as_json)
-    emit(result.to_dict(), as_json, lambda: say(
-        f"imported {result.num_models} models ({result.n_train} train / {result.n_test} test) into {result.store} "
-        f"in {result.seconds:.1f}s"))
+    options: dict[str, Any] = {"source": "npy"}
+    if published is not None:
+        if pct is None or masks is not None or margins is not None:
+            raise InputError("published needs pct, and replaces masks and margins", params=("published", "pct"))
+        files = published_files(published, pct)
+        masks, margins = files["masks"], files["margins"]
+        options = {"source": "published", "eval_models": PUBLISHED_EVAL_MODELS}
+    if masks is None or margins is None:
+        raise InputError("give masks and margins, or published and pct", params=("masks", "margins", "published"))
+    if eval_models is not None:
+        options["eval_models"] = eval_models
+    with _rows_bar(progress and not as_json, "importing rows") as advance:
+        result = import_files(masks, margins, store, train_margins=train_margins, block=block,
+                              eval_store=eval_store, replicates=replicates, dataset_name=dataset_name,
+                              requester_pays=requester_pays, progress=advance, **options)
+    rate = result.bytes_read / max(result.seconds, 1e-9) / 1e9
+
+    def human() -> None:
+        say(f"imported {result.num_models} models ({result.n_train} train / {result.n_test} test; "
+            f"{', '.join(result.outputs)}) into {result.store} in {result.seconds:.1f}s ({rate:.2f} GB/s)")
+        if result.eval_rows is not None:
+            say(f"rows {result.eval_rows[0]}:{result.eval_rows[1]} are evaluation models: fit leaves them out, "
+                "eval uses them")
+        if result.eval_store is not None:
+            say(f"evaluation models in {result.eval_store} (eval --eval-store {result.eval_store})")
+
+    emit(result.to_dict(), as_json, human)
 
 
 def export(

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tree_snapshot
+from snapshots import tree_snapshot
 from orchestrator.cli import app
 
 GOOD = {

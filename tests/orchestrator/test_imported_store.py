@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tree_snapshot
+from snapshots import tree_snapshot
 from orchestrator.cli import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "regression"))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from waiting import wait_until
 
-from orchestrator.api import extend_sweep, load_spec, run_sweep
+from orchestrator.api import load_spec, run_sweep
 from storage.errors import LeaseHeldError
 from storage.events import read_events
 from storage.lease import LEASE_FILE, read_lease

@@ -206,17 +206,18 @@ def test_bad_eval_inputs(store_path: Path, tmp_path: Path) -> None:
 def test_bad_import_inputs_write_nothing(tmp_path: Path) -> None:
     masks, margins, _ = planted(100, 10, 3)
     np.save(tmp_path / "masks.npy", masks)
-    np.save(tmp_path / "masks_u8.npy", masks.astype(np.uint8))
+    np.save(tmp_path / "masks_f32.npy", masks.astype(np.float32))
     np.save(tmp_path / "margins.npy", margins)
     np.save(tmp_path / "margins_short.npy", margins[:90])
     nan = margins.copy()
     nan[95, 0] = np.nan
     np.save(tmp_path / "margins_nan.npy", nan)
+    # uint8 masks and a block that does not divide the rows are fine now (tests/regression/test_import_published.py)
     cases = [
-        ("masks_u8.npy", "margins.npy", 50, "bool"),
+        ("masks_f32.npy", "margins.npy", 50, "bool"),
         ("masks.npy", "margins_short.npy", 50, "rows"),
         ("masks.npy", "margins_nan.npy", 50, "NaN"),
-        ("masks.npy", "margins.npy", 30, "divisor"),
+        ("masks.npy", "margins.npy", 0, "block"),
         ("missing.npy", "margins.npy", 50, "cannot read"),
     ]
     for m, g, block, match in cases:
@@ -251,6 +252,20 @@ def test_memory_plan_puts_the_table_in_a_file_only_as_a_last_resort() -> None:
     assert tight.table_on_disk and not tight.masks_resident and tight.host_bytes < 300 << 20
     with pytest.raises(InputError, match="max_memory"):
         plan_memory(max_memory=rss + (20 << 20), **kw)
+
+
+def test_memory_plan_counts_what_follows_the_chosen_lambda() -> None:
+    from regression.memory import current_rss, plan_memory, state_units
+
+    assert state_units(refit=False) < state_units() < state_units(debias="ls") < state_units(debias="relaxed")
+    # 20,000 features × 2,000 targets: 160 MB per [N, T] buffer, so the buffers decide the plan.
+    kw = dict(n_rows=2_000, n_features=20_000, n_targets=2_000, output_width=2_000, batch_rows=500,
+              device=torch.device("cpu"))
+    rss = current_rss()
+    bound = rss + int((state_units() * 160e6 + 400e6) / 0.75)  # the buffers, the batches and a margin
+    plan_memory(max_memory=bound, **kw)  # the default fit (refit) fits
+    with pytest.raises(InputError, match="max_memory"):
+        plan_memory(max_memory=bound, units=state_units(debias="ls"), **kw)
 
 
 class _Recorder:
