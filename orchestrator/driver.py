@@ -51,6 +51,9 @@ _MAX_WAIT_S = 1.0
 #: The event log writes what it holds when a later event comes; while every
 #: actor is busy with a long block none comes, so the loop writes it this often.
 _EVENTS_FLUSH_S = 5.0
+#: How long a stopping run waits for the results of the blocks it gave up on (killed
+#: actors' blocks resolve at once; a block that started before its cancel may not).
+ABANDONED_SETTLE_S = 5.0
 
 
 class SweepDriver:
@@ -94,6 +97,8 @@ class SweepDriver:
         self._metrics = SweepMetrics(store=store.path.name)
         self._run_id = uuid.uuid4().hex[:6]
         self._slots: list[Slot] = []
+        # Blocks given up on (cancelled, or on an actor killed): their results are collected at the end.
+        self._abandoned: list[ray.ObjectRef] = []
         self._actor_counter = 0
         self._start_failures = 0
         self._work = WorkQueue(np.empty(0, dtype=np.int64))
@@ -133,6 +138,7 @@ class SweepDriver:
         self._events.write("actor_lost", actor=slot.name, node=slot.node_ip, reason=reason)
         queued = list(slot.queue)
         slot.queue.clear()
+        self._abandoned.extend(item.ref for item in queued)
         # Queued blocks never ran: they go back first, in order, without an attempt.
         for item in reversed(queued[1:]):
             self._work.push(item.block_id, front=True)
@@ -173,14 +179,34 @@ class SweepDriver:
         for slot in self._slots:
             while len(slot.queue) > 1:
                 queued = slot.queue.pop()
+                self._abandoned.append(queued.ref)
                 try:
-                    ray.cancel(queued.ref)  # not started yet: it never runs, and stays pending
+                    ray.cancel(queued.ref)  # not started yet, usually: then it never runs, and stays pending
                 except Exception:
                     pass  # its actor or node is gone: it will not run either
         running = sorted(slot.queue[0].block_id for slot in self._slots if slot.queue)
         self._events.write("run_stopping", reason=self._stop.reason, running_blocks=running,
                            drain_timeout_s=self._options.drain_timeout_s)
         self._events.flush()  # whoever stopped the run may be watching for this
+
+    def _settle_abandoned(self) -> None:
+        """Collect the results of the blocks given up on, so that Ray does not print their errors as unhandled.
+
+        A cancel can come too late (the block had started: with the store refusing
+        writes it then fails too) and a killed actor's blocks fail with it; none of
+        them is ledgered, so the next run redoes them, and why they failed no longer
+        matters. Without this, each such error would be printed, traceback and all,
+        when its reference is dropped: many lines where the run says one.
+        """
+        refs, self._abandoned = self._abandoned, []
+        if not refs:
+            return
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ABANDONED_SETTLE_S)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:
+                pass  # not ledgered: the next run redoes the block
 
     def _check_stop(self) -> None:
         if self._lease.lost:
@@ -232,11 +258,13 @@ class SweepDriver:
                 self._loop()
             finally:
                 for slot in self._slots:
+                    self._abandoned.extend(item.ref for item in slot.queue)
                     try:
                         ray.kill(slot.actor, no_restart=True)
                     except Exception:
                         pass  # its node is gone
                 self._slots.clear()
+                self._settle_abandoned()
                 self._metrics.set_running(0)
                 if self._progress:
                     self._progress.update_running(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from analysis_helpers import invoke, planted_store, write_truth
 
-from conftest import tree_snapshot
+from snapshots import tree_snapshot
 
 COMMANDS = {
     "counterfactual": ["analyze", "counterfactual", "{store}", "--targets", "0", "--remove", "1"],

@@ -9,7 +9,7 @@ import pytest
 import torch
 from dm_helpers import build_store, planted
 
-from conftest import tree_snapshot
+from snapshots import tree_snapshot
 from regression import SolverConfig, solve_source
 from regression.fit import fit_datamodels
 from regression.lds import evaluate_lds

@@ -10,7 +10,7 @@ from dm_helpers import build_store, planted
 from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
-from conftest import tree_snapshot
+from snapshots import tree_snapshot
 from orchestrator.cli import app
 from orchestrator.sweep_store_setup import create_store
 from regression import SolverConfig, saga_lasso_path
