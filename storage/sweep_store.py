@@ -23,12 +23,6 @@ last block (published files have whatever row count they have).
 
 from __future__ import annotations
 
-import enum
-import json
-import os
-import shutil
-import socket
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,25 +33,15 @@ import zarr
 
 from storage.checksum import block_checksum
 from storage.codecs import ARRAY_CONFIG, checked_compressors
-from storage.errors import BlockFailedError, InputError, LeaseHeldError, StoreError, StoreMismatchError
+from storage.errors import BlockFailedError, InputError, StoreMismatchError
 from storage.layout import MASKS, DatasetInfo, output_dimensions, output_dtype, output_row_shape
 from storage.ledger import Ledger
 from storage.location import LocalLocation, StoreLocation, store_location
 from storage.metadata import ATTRS_KEY, ImportMetadata, SweepMetadata, dump_metadata, parse_metadata
-from storage.processes import pid_alive
 from storage.spec import SweepSpec
+from storage.store_probe import CREATING, StoreProbe, claim_creation, probe_store, refuse_existing, remove_hierarchy
 
 __all__ = ["SweepStore", "BlockWrite", "StoreProbe", "probe_store", "ATTRS_KEY"]
-
-
-def _remove_hierarchy(location: StoreLocation, *, keep_dir: bool = False) -> None:
-    """Delete what an unfinished init wrote (never a store: callers probed first)."""
-    if isinstance(location, LocalLocation):
-        shutil.rmtree(location.path, ignore_errors=True)
-        if keep_dir:
-            location.path.mkdir(exist_ok=True)  # the empty directory the user made for us
-    else:
-        location.root.delete_all()
 
 
 @dataclass(frozen=True)
@@ -66,100 +50,6 @@ class BlockWrite:
 
     checksum: int
     nbytes: int
-
-
-class StoreProbe(enum.Enum):
-    """What is at a store's location."""
-
-    ABSENT = "absent"  # nothing there
-    EMPTY = "empty"  # an empty directory: a store may be created in it
-    PARTIAL = "partial"  # an init that did not finish (no marker yet): it may be created again
-    STORE = "store"  # a Zarr group with dmsweep metadata (validated when opened)
-    OTHER = "other"  # something that is not a dmsweep store
-
-
-#: Written to the state area first at init and removed last: a location holding
-#: it but no marker is an interrupted init (:attr:`StoreProbe.PARTIAL`).
-_CREATING = "creating.json"
-
-
-#: An init claim from another host older than this is an interrupted init's (an
-#: init takes seconds): it may be taken over.
-_CLAIM_STALE_S = 600.0
-
-
-def _claim_creation(location: StoreLocation) -> None:
-    """Write the init claim (``creating.json``) conditionally; refuse while another live process holds it.
-
-    Without it, two drivers started at once on a new store would both create
-    it in place, and the one that failed would delete what the other made. A
-    claim left by an init that died (its process gone on this host, or older
-    than :data:`_CLAIM_STALE_S` from another) is taken over, conditionally too.
-    """
-    claim = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
-    if location.state.put_if_absent(_CREATING, claim) is not None:
-        return
-    held = location.state.get(_CREATING)
-    try:
-        info = json.loads(held.data) if held is not None else {}
-        host, pid, since = str(info["host"]), int(info["pid"]), float(info["time"])
-    except (KeyError, TypeError, ValueError):
-        host, pid, since = "", 0, 0.0  # unreadable: an interrupted init's
-    if host == socket.gethostname():
-        gone = not pid_alive(pid)
-    else:
-        gone = time.time() - since > _CLAIM_STALE_S
-    taken = gone and (location.state.put_if_match(_CREATING, claim, held.etag) if held is not None
-                      else location.state.put_if_absent(_CREATING, claim))
-    if not taken:
-        raise LeaseHeldError(f"another process (pid {pid} on {host}) is creating the store at {location.uri!r} "
-                             "at this moment; run again once it has")
-
-
-def _refuse_existing(location: StoreLocation, probe: StoreProbe) -> None:
-    if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
-        what = "a dmsweep store" if probe is StoreProbe.STORE else "something else"
-        raise StoreMismatchError(f"store path {location.uri!r} already exists and holds {what}")
-
-
-def probe_store(store: str | Path | StoreLocation) -> StoreProbe:
-    """Look at a store's location without opening it as a store.
-
-    A store exists once its marker does: the root ``zarr.json`` with dmsweep
-    attributes, the last thing init writes.
-
-    Raises
-    ------
-    StoreError
-        The location cannot be read (permission denied, an I/O error): that is
-        never mistaken for "not a store".
-    StoreAccessError
-        An object store that cannot be used (no credentials, no bucket, no answer).
-    """
-    location = store_location(store)
-    try:
-        if isinstance(location, LocalLocation):
-            path = location.path
-            if not path.exists():
-                return StoreProbe.PARTIAL if location.state.get(_CREATING) else StoreProbe.ABSENT
-            if not path.is_dir():
-                return StoreProbe.OTHER
-            if not any(path.iterdir()):
-                return StoreProbe.EMPTY
-        marker = location.root.get("zarr.json")
-        if marker is None:
-            if location.state.get(_CREATING):
-                return StoreProbe.PARTIAL
-            return StoreProbe.ABSENT if not location.is_local and not location.root.list() else StoreProbe.OTHER
-        document = json.loads(marker.data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return StoreProbe.OTHER
-    except OSError as exc:
-        raise StoreError(f"cannot read the store at {location.uri!r}: {exc.strerror or exc}") from None
-    attrs = document.get("attributes") if isinstance(document, dict) else None
-    if isinstance(attrs, dict) and ATTRS_KEY in attrs:
-        return StoreProbe.STORE
-    return StoreProbe.PARTIAL if location.state.get(_CREATING) else StoreProbe.OTHER
 
 
 def _rows_to_index(rows: slice | np.ndarray | Sequence[int], num_models: int) -> np.ndarray:
@@ -226,18 +116,18 @@ class SweepStore:
         if isinstance(location, LocalLocation) and not location.path.parent.is_dir():
             raise InputError(f"parent directory of the store {str(location.path.parent)!r} does not exist",
                              params=("store",))
-        _refuse_existing(location, probe_store(location))
+        refuse_existing(location, probe_store(location))
         # Two creators at once: the second is refused rather than let to delete the
         # first one's store; what is there is looked at again under the claim.
-        _claim_creation(location)
+        claim_creation(location)
         probe = probe_store(location)
         if probe not in (StoreProbe.ABSENT, StoreProbe.EMPTY, StoreProbe.PARTIAL):
-            location.state.delete(_CREATING)
-            _refuse_existing(location, probe)
+            location.state.delete(CREATING)
+            refuse_existing(location, probe)
         if probe is StoreProbe.PARTIAL:
-            _remove_hierarchy(location)
+            remove_hierarchy(location)
         for key in location.state.list():  # the state of an earlier store at this path (its lease, log, journal)
-            if key != _CREATING:
+            if key != CREATING:
                 location.state.delete(key)
         try:
             group = zarr.open_group(location.zarr_store(read_only=False), mode="a")
@@ -257,10 +147,10 @@ class SweepStore:
             Ledger.create(group, metadata.num_blocks, root=location.root, state=location.state)
             group.attrs[ATTRS_KEY] = dump_metadata(metadata)  # the marker: the store exists from here on
         except BaseException:
-            _remove_hierarchy(location, keep_dir=probe is StoreProbe.EMPTY)
+            remove_hierarchy(location, keep_dir=probe is StoreProbe.EMPTY)
             location.state.delete_all()
             raise
-        location.state.delete(_CREATING)
+        location.state.delete(CREATING)
         return cls.open(location, mode="r+")
 
     @classmethod
@@ -293,7 +183,7 @@ class SweepStore:
         """Delete this store and its state area: for a creator that failed before finishing it (an import
         whose input turned out bad part-way). ``keep_dir`` leaves the empty directory the user made."""
         self._location.state.delete_all()
-        _remove_hierarchy(self._location, keep_dir=keep_dir)
+        remove_hierarchy(self._location, keep_dir=keep_dir)
 
     def reopen(self) -> SweepStore:
         """A fresh handle (after another process resized or re-ledgered the store)."""
