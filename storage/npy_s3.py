@@ -15,7 +15,7 @@ import numpy as np
 
 from storage.errors import InputError
 from storage.location import S3Location
-from storage.npy_rows import HEADER_READ, NpyHeader, check_row_readable, parse_npy_header, row_range, rows_from_bytes
+from storage.npy_header import HEADER_READ, NpyHeader, check_row_readable, parse_npy_header, row_range, rows_from_bytes
 
 __all__ = ["S3Npy", "open_s3_npy"]
 
