@@ -117,7 +117,8 @@ def driver_sigterm(ctx: ChaosContext, rng: random.Random) -> TrialResult:
     fault_at = time.monotonic()
     driver.signal(signal.SIGTERM)
     code = driver.wait()
-    lease_left = sweep.store.exists() and read_lease(sweep.store) is not None
+    existed = sweep.store.exists()  # before the rerun, which creates it
+    lease_left = existed and read_lease(sweep.store) is not None
     stopping = [e for e in read_events(sweep.store) if e["event"] == "run_stopping"] if sweep.store.exists() else []
     running = stopping[0]["running_blocks"] if stopping else []
     done_after_stop = completed_blocks(sweep.store)
@@ -127,7 +128,7 @@ def driver_sigterm(ctx: ChaosContext, rng: random.Random) -> TrialResult:
     last = driver.stderr_lines()[-1:] or [""]
     # Before its handlers are installed (Python still importing, the spec being read) the
     # driver has written nothing yet, and SIGTERM's default action ends it: right too.
-    ended_unstarted = code == -signal.SIGTERM and not sweep.store.exists()
+    ended_unstarted = code == -signal.SIGTERM and not existed
     ok = (code in (0, 3) or ended_unstarted) and not lease_left and not undrained and resumed == 0
     if code == 3:
         ok = ok and "stopped by SIGTERM" in last[0]

@@ -432,6 +432,9 @@ class SweepDriver:
             self._drop_actor(slot, f"worker lost: {type(exc).__name__}: {one_line(str(exc))}", kind="worker_lost")
             return
         self._pop_head(slot)
+        if not self._lease.confirm():
+            # Fenced: the driver that took the lease over runs this block itself.
+            raise DmsweepError("another driver took over this store's lease; stopping")
         self._outcomes.completed(receipt, actor=slot.name, stopping=self._draining)
 
     def _check_deadlines(self, timeout: float) -> None:

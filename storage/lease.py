@@ -179,6 +179,22 @@ class Lease:
         self._etag = etag
         return True
 
+    def confirm(self) -> bool:
+        """Read the lease object: True while it names this driver; False (and :attr:`lost`) once another took it.
+
+        The driver calls this before each ledger write, so that a driver whose
+        lease was taken over between two heartbeats (its clock stepped back,
+        say) ledgers nothing more: the writes are fenced by the lease, not only
+        by the next renewal.
+        """
+        if self._etag is None or self._lost.is_set():
+            return False
+        info = _parse(self._objects.get(LEASE_FILE))
+        if info is None or info.holder != self._holder:
+            self._lost.set()
+            return False
+        return True
+
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_s):
             try:

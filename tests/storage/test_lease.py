@@ -44,6 +44,20 @@ def test_stale_lease_is_taken_over_and_the_first_driver_learns_it_lost(tmp_path)
     assert read_lease(tmp_path) is None
 
 
+def test_confirm_fences_a_holder_whose_lease_was_taken_between_heartbeats(tmp_path) -> None:
+    clock = FakeClock()
+    first = Lease(tmp_path, ttl_s=30, clock=clock)
+    first.acquire(heartbeat=False)
+    assert first.confirm()
+    clock.now += 31.0  # no heartbeat for longer than the TTL (the holder's clock stepped back, say)
+    second = Lease(tmp_path, ttl_s=30, clock=clock)
+    second.acquire(heartbeat=False)
+    assert not first.confirm() and first.lost  # before its next ledger write, not its next heartbeat
+    assert second.confirm()
+    second.release()
+    assert not second.confirm()  # a released lease confirms nothing
+
+
 def test_renewed_lease_stays_fresh(tmp_path) -> None:
     clock = FakeClock()
     lease = Lease(tmp_path, ttl_s=30, clock=clock)
