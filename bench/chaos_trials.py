@@ -301,7 +301,10 @@ def clock_jump(ctx: ChaosContext, rng: random.Random) -> TrialResult:
     """
     from storage.lease import read_lease
 
-    trial, sweep, reference = ctx.start_trial("clock_jump", blocks=30, sleep=0.2)
+    # Blocks long enough (40 x 1 s over 2 actors) that the first driver is still running when the
+    # second one has started: with 0.2 s blocks it often finished first, and a forward jump then
+    # ended (0, 0), the second finding nothing to do, without the lease ever being tested.
+    trial, sweep, reference = ctx.start_trial("clock_jump", blocks=40, sleep=1.0)
     offset = trial / "clock-offset"
     offset.write_text("0")
     ttl = 4.0
