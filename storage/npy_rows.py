@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from storage.errors import InputError
-from storage.location import S3Location, is_uri, store_location
+from storage.location import LocalLocation, S3Location, is_uri, store_location
 from storage.npy_header import HEADER_READ, check_row_readable, parse_npy_header, row_range, rows_from_bytes
 
 __all__ = ["RowArray", "NpyRows", "open_npy"]
@@ -122,8 +122,8 @@ def open_npy(source: str | Path, *, param: str = "source", requester_pays: bool 
     if not is_uri(text):
         return NpyRows(text, param=param)
     location = store_location(text, param=param)
-    if not isinstance(location, S3Location):  # a file:// URI
-        return NpyRows(str(getattr(location, "path")), param=param)
+    if isinstance(location, LocalLocation):  # a file:// URI
+        return NpyRows(location.path, param=param)
     from storage.npy_s3 import open_s3_npy  # obstore only when an s3:// source is read
 
     return open_s3_npy(S3Location(location.bucket, location.prefix, requester_pays=requester_pays), param=param)
