@@ -60,3 +60,11 @@ def test_the_dask_example_runs(demo: Path) -> None:
     pytest.importorskip("dask.array")
     found = run(example("dask"), demo)
     assert np.asarray(found["mean_margin"]).shape == (4,)
+
+
+def test_the_tensorstore_example_reads_the_masks(demo: Path) -> None:
+    pytest.importorskip("tensorstore")
+    local = example("tensorstore").split("margins = ts.open")[0]  # the rest reads a bucket of the reader's
+    found = run(local.replace('"runs/demo.zarr/masks/"', repr(f"{demo}/masks/")), demo)
+    expected = SweepStore.open(demo).array("masks")[0:64]
+    np.testing.assert_array_equal(found["rows"], expected)
