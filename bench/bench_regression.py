@@ -134,6 +134,7 @@ def _ensure_sweep(store: Path) -> dict[str, Any]:
     if store == SWEEP_STORE:
         complete = store.exists() and SweepStore.open(store).completed_rows().size == SweepStore.open(store).num_models
         if not complete:
+            store.parent.mkdir(parents=True, exist_ok=True)  # runs/ is not in a fresh clone
             started = time.perf_counter()
             env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
             subprocess.run([sys.executable, "-m", "orchestrator", "run", str(SWEEP_SPEC)], cwd=ROOT, env=env,

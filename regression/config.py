@@ -100,10 +100,17 @@ class SolverConfig(UserModel):
         0.0, ge=0,
         description="L2 penalty of the least-squares debias, in the standardised objective's units.",
     )
-    precision: Literal["fp32", "tf32", "bf16"] = Field(
-        "fp32",
-        description="Matrix products in fp32, TF32, or bf16 on the exact 0/1 masks with fp32 accumulation "
-        "(mean and std folded in as rank-1 corrections).",
+    engine: Literal["auto", "saga", "gram"] = Field(
+        "auto",
+        description="How each lambda step is solved: 'saga' streams minibatches of masks every epoch (any size); "
+        "'gram' forms the standardised Gram matrix once and runs accelerated proximal gradient on it (when "
+        "features <= 2 x rows and it fits in memory); 'auto' (default) picks gram where it applies.",
+    )
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = Field(
+        "auto",
+        description="Matrix products in fp32, TF32, or bf16 with fp32 accumulation (SAGA: on the exact 0/1 masks, "
+        "mean and std as rank-1 corrections; Gram: the within-step changes, against an fp32 product per step); "
+        "'auto' (default): bf16 for the Gram engine where the device multiplies bf16 natively, else fp32.",
     )
 
     @field_validator("*", mode="before")

@@ -97,6 +97,7 @@ from regression.epochs import (
     run_fixed_lambda,
 )
 from regression.final import PathEnd, finish
+from regression.gram import choose_engine, resolve_precision
 from regression.loader import Range, RowSource
 from regression.moments import Moments, compute_moments
 from regression.progress import PathProgress
@@ -188,6 +189,7 @@ def solve_source(
     table_file: str | Path | None = None,
     cache_bytes: int | None = None,
     progress: PathProgress | None = None,
+    engine: str | None = None,
 ) -> LassoPathResult:
     """Fit the path on ``source`` rows ``train``, early-stopping on rows ``val``.
 
@@ -221,6 +223,10 @@ def solve_source(
         0 re-reads and re-standardises every batch every epoch).
     progress : PathProgress, optional
         ``progress(done, total, alive)`` after every λ step.
+    engine : {"saga", "gram"}, optional
+        The engine, already chosen (the shard jobs choose it with their memory
+        plan); None: ``config.engine``, with ``"auto"`` judged against the
+        device's free memory (:func:`regression.gram.choose_engine`).
 
     Returns
     -------
@@ -241,10 +247,13 @@ def solve_source(
     grid_in = _check_alphas(alphas, n_targets)
     if cfg.debias == "relaxed" and not val:
         raise InputError("debias='relaxed' chooses its mix on validation rows; there are none", params=("debias",))
-    if cfg.precision != "fp32" and dtype != torch.float32:
+    if cfg.precision not in ("fp32", "auto") and dtype != torch.float32:
         raise InputError(f"precision={cfg.precision!r} needs the float32 compute dtype", params=("precision",))
     batches = list(train)
     mom = compute_moments(source, batches, dtype)
+    chosen = choose_engine(cfg.engine if engine is None else engine, n_rows=mom.n, n_features=n_features,
+                           memory=default_cache_bytes(device) * 2)
+    precision = resolve_precision(cfg.precision, chosen, device, dtype)
     moments_seconds = _clock(device) - start
     lam_max = mom.c.abs().amax(0)
     grid = _grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
@@ -260,27 +269,33 @@ def solve_source(
             raise InputError("coef_init contains NaN or infinite values", params=("coef_init",))
         weight = init.to(dtype=dtype, device=device) * mom.sd()[:, None]  # raw → standardised
 
-    for step_fraction in (PRACTICAL_STEP_FRACTION, PROVEN_STEP_FRACTION):
-        table = ResidualTable(source.n_rows, n_targets, device=device, dtype=dtype, on_device=table_on_device,
-                               spill_file=None if table_file is None else Path(table_file))
+    # The Gram engine's step 1/L is the proven one: one attempt. SAGA tries 1/L first.
+    fractions = (PRACTICAL_STEP_FRACTION, PROVEN_STEP_FRACTION) if chosen == "saga" else (PROVEN_STEP_FRACTION,)
+    for step_fraction in fractions:
+        table = None if chosen == "gram" else ResidualTable(
+            source.n_rows, n_targets, device=device, dtype=dtype, on_device=table_on_device,
+            spill_file=None if table_file is None else Path(table_file))
         try:
             result = _solve_path(source, train=train, val=val, cfg=cfg, dtype=dtype, table=table,
                                  cache_bytes=cache_bytes, progress=progress, mom=mom, grid=grid,
-                                 weight=weight.clone(), start=start, step_fraction=step_fraction)
+                                 weight=weight.clone(), start=start, step_fraction=step_fraction,
+                                 engine=chosen, precision=precision)
             result.extra["step_fraction"] = step_fraction
             result.extra["seconds_moments"] = moments_seconds
             return result
         except Diverged:
             continue  # redo the whole path at the proven step
         finally:
-            table.close()
+            if table is not None:
+                table.close()
     raise AssertionError("unreachable: the proven step never raises Diverged")
 
 
 def _solve_path(
     source: RowSource, *, train: Sequence[Range], val: Sequence[Range], cfg: SolverConfig,
-    dtype: torch.dtype, table: ResidualTable, cache_bytes: int | None, progress: PathProgress | None,
+    dtype: torch.dtype, table: ResidualTable | None, cache_bytes: int | None, progress: PathProgress | None,
     mom: Moments, grid: torch.Tensor, weight: torch.Tensor, start: float, step_fraction: float,
+    engine: str, precision: str,
 ) -> LassoPathResult:
     """The path itself, once the moments, the grid and the table are set up (see :func:`solve_source`)."""
     device = source.device
@@ -291,7 +306,8 @@ def _solve_path(
     budget = default_cache_bytes(device) if cache_bytes is None else int(cache_bytes)
     guard = step_fraction > PROVEN_STEP_FRACTION
     problem = Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
-                       cache_budget=budget, step_fraction=step_fraction, guard=guard)
+                       engine=engine, precision=precision, cache_budget=budget, step_fraction=step_fraction,
+                       guard=guard)
     path_started = _clock(device)
     grad = prepare(problem, weight)
     path_step, path_lipschitz = problem.step, problem.lipschitz
@@ -380,5 +396,7 @@ def _solve_path(
         device=str(device),
         extra={"n_steps_walked": float(k + 1), **final.extra},
         mix=None if final.mix is None else final.mix.to(torch.float32).cpu().numpy(),
+        engine=problem.engine,
+        precision=problem.precision,
     )
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from regression.config import SolverConfig
+from regression.gram import FIRST_STEP_FACTOR, GramSystem, build_gram, solve_gram_lambda
 from regression.loader import Range, RowSource
 from regression.memory import available_host
 from regression.moments import Moments
@@ -44,6 +45,16 @@ _DIVERGENCE_FACTOR = 10.0
 REFIT_STEP = -1  # the λ-step id of the refit phase in the batch-order seed
 
 
+@dataclass
+class GramHistory:
+    """Each target's solution at the path's previous λ step, and the λs of its last two steps."""
+
+    weight: torch.Tensor
+    lam1: torch.Tensor
+    lam2: torch.Tensor
+    phase: int
+
+
 class Diverged(Exception):
     """The practical step made the path diverge: redo it at the proven step."""
 
@@ -55,9 +66,12 @@ class Problem:
     source: RowSource
     batches: list[Range]
     moments: Moments
-    table: ResidualTable
+    table: ResidualTable | None
     dtype: torch.dtype
     cfg: SolverConfig
+    #: ``saga`` or ``gram`` (resolved from ``cfg.engine``) and the products' precision (from ``cfg.precision``).
+    engine: str = "saga"
+    precision: str = "fp32"
     step: float = 0.0
     lipschitz: float = 0.0
     n_iter: int = 0
@@ -70,10 +84,17 @@ class Problem:
     guard: bool = False
     #: ‖y_t − ȳ_t‖² / n per target, for the divergence bound (set by prepare).
     y_power: torch.Tensor | None = None
+    #: The Gram engine's matrix (set by prepare when ``engine == "gram"``), its per-target
+    #: steps and the path's last solutions for the extrapolated warm start.
+    gram: GramSystem | None = None
+    gram_steps: torch.Tensor | None = None
+    gram_history: GramHistory | None = None
 
     def standardise(self, masks: torch.Tensor) -> Design:
-        """The batch ``(masks − μ) / σ`` [B, N] behind the products of ``cfg.precision``."""
-        return make_design(masks, self.moments.mu, self.moments.inv_sd, precision=self.cfg.precision,
+        """The batch ``(masks − μ) / σ`` [B, N] behind the products of ``precision``."""
+        # The Gram engine only multiplies batches to score validation rows: in the compute dtype.
+        precision = self.precision if self.engine == "saga" else "fp32"
+        return make_design(masks, self.moments.mu, self.moments.inv_sd, precision=precision,  # type: ignore[arg-type]
                            dtype=self.dtype)
 
     def batches_of(self, ranges: Sequence[Range]) -> Iterator[tuple[Range, Design, torch.Tensor]]:
@@ -121,6 +142,13 @@ def prepare(problem: Problem, weight: torch.Tensor) -> torch.Tensor:
     batch gives the smoothness constant that caps the step.
     """
     source, mom = problem.source, problem.moments
+    if problem.engine == "gram":
+        if problem.gram is None:
+            problem.gram = build_gram(source, problem.batches, mom, problem.dtype, problem.precision)
+            problem.flops += 2.0 * mom.n * source.n_features * source.n_features
+        problem.lipschitz, problem.step = problem.gram.lipschitz, problem.gram.step
+        return weight.new_zeros(0)  # no table, no table gradient
+    assert problem.table is not None  # SAGA always has one
     zero_start = not bool(weight.any())
     grad = -mom.c.clone() if zero_start else torch.zeros_like(weight)
     m = len(problem.batches)
@@ -198,7 +226,10 @@ def run_fixed_lambda(
     SolverError
         Non-finite weights at the proven step (a bug).
     """
+    if problem.gram is not None:
+        return _run_gram(problem, weight, cols, lam, phase)
     cfg, mom, table = problem.cfg, problem.moments, problem.table
+    assert table is not None  # SAGA always has one
     step, n, m = problem.step, mom.n, len(problem.batches)
     n_all = weight.shape[1]
     epochs = torch.zeros(cols.numel(), dtype=torch.int64, device=weight.device)
@@ -264,3 +295,44 @@ def run_fixed_lambda(
             write_back(~done)
     write_back(None)
     return epochs, converged
+
+
+def _run_gram(problem: Problem, weight: torch.Tensor, cols: torch.Tensor, lam: torch.Tensor, phase: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`run_fixed_lambda` on the Gram engine (:func:`regression.gram.solve_gram_lambda`).
+
+    Along the path (consecutive phases), each target starts from its last two
+    solutions extrapolated to the new λ: the LASSO path is piecewise linear in λ,
+    so ``w_k ≈ w_{k−1} + (λ_k − λ_{k−1}) / (λ_{k−1} − λ_{k−2}) · (w_{k−1} − w_{k−2})``.
+    """
+    gram, cfg = problem.gram, problem.cfg
+    assert gram is not None
+    if problem.gram_steps is None:
+        problem.gram_steps = torch.full((weight.shape[1],), FIRST_STEP_FACTOR * gram.step, dtype=weight.dtype,
+                                        device=weight.device)
+    start = None
+    history = problem.gram_history
+    if phase >= 0 and history is not None and history.phase == phase - 1:
+        w1 = weight.index_select(1, cols)
+        lam1, lam2 = history.lam1.index_select(0, cols), history.lam2.index_select(0, cols)
+        gap = lam1 - lam2
+        ratio = torch.where((gap != 0) & (lam2 > 0), (lam - lam1) / torch.where(gap != 0, gap, torch.ones_like(gap)),
+                            torch.zeros_like(gap))
+        start = torch.addcmul(w1, w1 - history.weight.index_select(1, cols), ratio[None, :])
+    if phase >= 0:
+        if history is None:
+            history = GramHistory(weight=torch.zeros_like(weight), lam1=torch.zeros_like(problem.gram_steps),
+                                  lam2=torch.zeros_like(problem.gram_steps), phase=phase)
+            problem.gram_history = history
+        history.weight.index_copy_(1, cols, weight.index_select(1, cols))
+        history.lam2.index_copy_(0, cols, history.lam1.index_select(0, cols))
+        history.lam1.index_copy_(0, cols, lam)
+        history.phase = phase
+    iterations, converged, products = solve_gram_lambda(
+        gram, problem.moments.c, weight, cols, lam, problem.gram_steps, tol=cfg.tol, max_iter=cfg.max_epochs,
+        l2=cfg.l2, start=start)
+    problem.n_iter += int(iterations.max()) if iterations.numel() else 0
+    problem.flops += 2.0 * products * weight.shape[0] * weight.shape[0]
+    if not bool(torch.isfinite(weight.index_select(1, cols)).all()):
+        raise SolverError("the Gram engine produced non-finite weights; this is a bug")
+    return iterations, converged

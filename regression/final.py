@@ -122,6 +122,10 @@ def solve_near_chosen(
 def _normal_product(problem: Problem, p: torch.Tensor, support: torch.Tensor, ridge: float) -> torch.Tensor:
     """``S ⊙ (Xsᵀ Xs (S ⊙ p)) / n + ridge · p`` over ``problem``'s rows: one pass, two products per batch."""
     masked = p * support
+    if problem.gram is not None:  # XsᵀXs / n is the Gram engine's matrix
+        problem.n_iter += 1
+        problem.flops += 2.0 * p.shape[0] * p.shape[0] * p.shape[1]
+        return problem.gram.times(masked) * support + ridge * masked
     out = torch.zeros_like(p)
     for _, xs, _ in problem.batches_of(problem.batches):
         out += xs.t_times(xs.times(masked))
@@ -164,7 +168,9 @@ def least_squares_on_support(
         Iterations until each target's relative residual fell below the tolerance.
     """
     s = support.to(start.dtype)
-    rtol = _CG_RTOL["float64" if start.dtype == torch.float64 else problem.cfg.precision]
+    # The Gram engine's normal products are in the compute dtype whatever its in-step precision.
+    exact = start.dtype == torch.float64 or problem.gram is not None
+    rtol = _CG_RTOL["float64" if start.dtype == torch.float64 else "fp32" if exact else problem.precision]
     b = problem.moments.c * s
     x = start * s
     r = b - _normal_product(problem, x, s, ridge)
@@ -245,7 +251,7 @@ def _even_batches(source: RowSource, ranges: Sequence[Range], batch_size: int) -
 
 def finish(
     problem: Problem, source: RowSource, *, val: Sequence[Range], cfg: SolverConfig, dtype: torch.dtype,
-    table: ResidualTable, budget: int, end: PathEnd, grad: torch.Tensor, step_fraction: float, guard: bool,
+    table: ResidualTable | None, budget: int, end: PathEnd, grad: torch.Tensor, step_fraction: float, guard: bool,
     resolve: bool = False,
 ) -> FinalWeights:
     """From the path's chosen weights to the written ones: average, refit, debias (the module docstring).
@@ -281,8 +287,13 @@ def finish(
             weight = end.weight * problem.moments.inv_sd[:, None] * mom.sd()[:, None]  # path std → raw → refit std
             problem.cache.clear()  # standardised with the path's moments; free it first
             work = Problem(source=source, batches=rows, moments=mom, table=table, dtype=dtype, cfg=cfg,
-                           cache_budget=budget, step_fraction=step_fraction, guard=guard)
+                           engine=problem.engine, precision=problem.precision, cache_budget=budget,
+                           step_fraction=step_fraction, guard=guard)
             work.n_iter, work.flops = problem.n_iter, problem.flops
+            if problem.gram is not None:  # count the validation rows into the path's matrix
+                work.gram = problem.gram.add_rows(source, val, mom)
+                problem.gram = None
+                work.flops += 2.0 * sum(b - a for a, b in val) * end.weight.shape[0] ** 2
             grad = prepare(work, weight)
         lasso, epochs, unconverged = solve_near_chosen(work, weight, grad, end, cfg.average)
 

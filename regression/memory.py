@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from regression.gram import gram_bytes
 from storage.errors import InputError
 
-__all__ = ["MemoryPlan", "plan_memory", "state_units", "current_rss", "peak_rss", "available_host"]
+__all__ = ["MemoryPlan", "plan_memory", "state_units", "current_rss", "peak_rss", "available_host", "usable_memory"]
 
 _F32 = 4
 # Transient copies the estimate cannot see exactly (allocator slack, zarr's
@@ -120,6 +121,7 @@ def plan_memory(
     device: torch.device,
     max_memory: int | None,
     units: int | None = None,
+    engine: str = "saga",
 ) -> MemoryPlan:
     """Plan residency of masks and SAGA table for a fit of ``n_targets`` targets.
 
@@ -143,6 +145,8 @@ def plan_memory(
     units : int, optional
         [N_train, T] buffers live at the fit's peak (:func:`state_units` of the
         settings; default: the default settings', a refit).
+    engine : {"saga", "gram"}
+        The Gram engine keeps no table and holds :func:`regression.gram.gram_bytes`.
 
     Returns
     -------
@@ -160,13 +164,16 @@ def plan_memory(
     # One batch in flight on the device: bool masks, the standardised float copy,
     # targets, residuals and their differences.
     batch = batch_rows * (n_features * (1 + 2 * _F32) + 6 * n_targets * _F32)
-    table = n_rows * n_targets * _F32
+    gram = engine == "gram"
+    table = 0 if gram else n_rows * n_targets * _F32
+    # The Gram engine's matrices are fixed device memory; it has no table to spill.
+    state += gram_bytes(n_features) if gram else 0
     resident = n_rows * (n_features + n_targets * _F32)
     # A batch read ahead on the host: decoded chunks, the bool rows, the full
     # output rows (float16 → float32) and the selected targets.
     read_ahead = batch_rows * (2 * n_features + output_width * (2 + _F32) + n_targets * _F32)
     # With the table in a file, a batch's rows of it are read, updated and written back.
-    table_io = 2 * batch_rows * n_targets * _F32
+    table_io = 0 if gram else 2 * batch_rows * n_targets * _F32
 
     budget = None if max_memory is None else int(max_memory) - current_rss()
     usable = None if budget is None else int(budget * (1 - _HEADROOM))
@@ -210,6 +217,15 @@ def plan_memory(
     host = fixed + resident * masks_resident + (depth + 1) * read_ahead
     return MemoryPlan(masks_resident, not on_disk, depth, host, host, budget, cache_bytes=max(0, usable - host),
                       table_on_disk=on_disk)
+
+
+def usable_memory(device: torch.device, max_memory: int | None) -> int:
+    """Bytes a fit on ``device`` may plan with: free GPU memory, else ``max_memory`` less what is resident, else half the available host memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * 0.8)
+    if max_memory is not None:
+        return int((int(max_memory) - current_rss()) * (1 - _HEADROOM))
+    return int(available_host() * 0.5)
 
 
 def _depth(room: int, read_ahead: int) -> int:

@@ -87,6 +87,8 @@ class LassoPathResult:
     device: str
     extra: dict[str, float] = field(default_factory=dict)
     mix: np.ndarray | None = None
+    engine: str = "saga"
+    precision: str = "fp32"
 
     def predict(self, masks: np.ndarray) -> np.ndarray:
         """Predicted outputs, shape [M, T], for masks of shape [M, N]."""

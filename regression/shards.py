@@ -21,7 +21,8 @@ import numpy as np
 from regression.config import SolverConfig
 from regression.engine import solve_source
 from regression.loader import StoreSource, split_batches
-from regression.memory import plan_memory, state_units
+from regression.gram import choose_engine
+from regression.memory import plan_memory, state_units, usable_memory
 from regression.progress import PathProgress
 from storage.datamodels import open_datamodels, write_columns
 from storage.errors import DmsweepError, SolverError
@@ -94,6 +95,7 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     dict
         ``shard``, ``columns``, ``seconds``, ``solver_seconds``, ``device``,
         ``node``, ``epochs``, ``n_iter``, ``flops`` (of the matrix products), ``unconverged_steps``, ``step_size``,
+        ``engine``, ``precision``,
         ``masks_resident``, ``table_on_device``, ``table_on_disk``.
     """
     started = time.perf_counter()
@@ -109,10 +111,12 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     train = split_batches(cuts, 0, job.n_train_rows, config.batch_size)
     val = split_batches(cuts, job.n_train_rows, source.n_rows, config.batch_size)
     refit = split_batches(cuts, 0, source.n_rows, config.batch_size) if config.refit else []
+    engine = choose_engine(config.engine, n_rows=job.n_train_rows, n_features=source.n_features,
+                           memory=usable_memory(device, job.max_memory))
     plan = plan_memory(
         n_rows=source.n_rows, n_features=source.n_features, n_targets=source.n_targets, output_width=width,
         batch_rows=max(b - a for a, b in train + val + refit), device=device, max_memory=job.max_memory,
-        units=state_units(refit=config.refit, average=config.average, debias=config.debias),
+        units=state_units(refit=config.refit, average=config.average, debias=config.debias), engine=engine,
     )
     source = open_source(queue_depth=plan.queue_depth, pin=device.type == "cuda")
     data = source.load() if plan.masks_resident else source
@@ -122,7 +126,7 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     result = solve_source(
         data, train=train, val=val, config=config,
         table_on_device=plan.table_on_device, table_file=table_file, cache_bytes=plan.cache_bytes,
-        progress=on_step,
+        progress=on_step, engine=engine,
     )
     writable = SweepStore.open(job.store_path, mode="r+")
     group = open_datamodels(writable.group, job.name)
@@ -143,6 +147,8 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
         "flops": float(result.extra["saga_flops"]),
         "unconverged_steps": int(result.n_unconverged.sum()),
         "step_size": float(result.step_size),
+        "engine": result.engine,
+        "precision": result.precision,
         "masks_resident": bool(plan.masks_resident),
         "table_on_device": bool(plan.table_on_device),
         "table_on_disk": bool(plan.table_on_disk),

@@ -67,16 +67,22 @@ def test_table_in_a_file_equals_table_in_memory(store_path: Path, tmp_path: Path
     assert not table_file.parent.exists()  # the file and its folder are gone afterwards
 
 
-def test_fit_sharded_equals_unsharded_and_lds(store_path: Path) -> None:
-    one = fit_datamodels(store_path, name="one", rows=slice(0, 800), config=FAST)
-    three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, config=FAST)
+@pytest.mark.parametrize("engine", ["saga", "gram"])
+def test_fit_sharded_equals_unsharded_and_lds(store_path: Path, engine: str) -> None:
+    config = fast(engine=engine)
+    one = fit_datamodels(store_path, name="one", rows=slice(0, 800), config=config, overwrite=True)
+    three = fit_datamodels(store_path, name="three", rows=slice(0, 800), shards=3, config=config, overwrite=True)
     assert (one.shards, three.shards) == (1, 3)
     assert one.n_train_rows + one.n_val_rows == 750  # block 7 is not completed
     root = SweepStore.open(store_path).group
     a, b = read_datamodels(root, "one"), read_datamodels(root, "three")
     np.testing.assert_allclose(a.lam, b.lam, rtol=1e-6)
-    np.testing.assert_allclose(a.weight, b.weight, atol=1e-5)
-    np.testing.assert_allclose(a.bias, b.bias, atol=1e-5)
+    # SAGA's fp32 trajectories do not depend on the shard; the Gram engine's bf16 products
+    # round differently with the shard's shape, so its shards agree to the solver's tolerance.
+    atol = 1e-5 if engine == "saga" else 10 * config.tol * float(np.abs(a.weight).max())
+    np.testing.assert_allclose(a.weight, b.weight, atol=atol)
+    np.testing.assert_allclose(a.bias, b.bias, atol=atol)
+    assert {r["engine"] for r in finished_shards(open_datamodels(root, "three")).values()} == {engine}
     assert a.weight.shape == (40, 9) and (a.nnz > 0).all() and (a.n_epochs > 0).all()
     # raw space: masks @ weight + bias predicts held-out margins
     lds = evaluate_lds(store_path, name="one")
@@ -96,7 +102,10 @@ def test_fit_on_ray_equals_serial(store_path: Path, request: pytest.FixtureReque
     root = SweepStore.open(store_path).group
     receipts = finished_shards(open_datamodels(root, "ray"))
     assert len({r["node"] for r in receipts.values()}) >= 1 and sorted(receipts) == [0, 1]
-    np.testing.assert_allclose(read_datamodels(root, "serial").weight, read_datamodels(root, "ray").weight, atol=1e-5)
+    serial_w = read_datamodels(root, "serial").weight
+    # The default Gram engine's bf16 products round with the shard's shape: equal to its tolerance.
+    np.testing.assert_allclose(serial_w, read_datamodels(root, "ray").weight,
+                               atol=10 * FAST.tol * float(np.abs(serial_w).max()))
 
 
 def test_resume_skips_finished_shards(store_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The SAGA path solver against scikit-learn, on tensors (no store)."""
+"""The path solver (both engines) against scikit-learn, on tensors (no store)."""
 
 from __future__ import annotations
 
@@ -34,13 +34,15 @@ def _data(kind: str, n: int = 300, n_features: int = 40, n_targets: int = 3, see
     return x, y, support
 
 
+@pytest.mark.parametrize("engine", ["saga", "gram"])
 @pytest.mark.parametrize("kind", ["random", "planted"])
-def test_objective_matches_sklearn_lasso(kind: str) -> None:
+def test_objective_matches_sklearn_lasso(kind: str, engine: str) -> None:
     x, y, support = _data(kind)
     xs, mu, sd = _standardise(x.astype(np.float64))
     lam = 0.02 if kind == "random" else 0.05
     result = saga_lasso_path(x, y, alphas=[lam], config=SolverConfig(lr="auto", tol=1e-10, max_epochs=3000,
-                             batch_size=100), device="cpu", dtype="float64")
+                             batch_size=100, engine=engine), device="cpu", dtype="float64")
+    assert result.engine == engine
     assert result.n_unconverged.sum() == 0
     for t in range(y.shape[1]):
         ref = Lasso(alpha=lam, tol=1e-12, max_iter=100_000).fit(xs, y[:, t])
@@ -60,7 +62,7 @@ def test_float32_published_lr_converges_to_sklearn() -> None:
     """The published lr (5e-3, an explicit value now) and float32: slower, still the same optimum."""
     x, y, _ = _data("planted", n=200, n_features=20, n_targets=2)
     xs, mu, sd = _standardise(x.astype(np.float64))
-    result = saga_lasso_path(x, y, alphas=[0.05], config=SolverConfig(lr=5e-3, tol=1e-7, max_epochs=3000,
+    result = saga_lasso_path(x, y, alphas=[0.05], config=SolverConfig(engine="saga", lr=5e-3, tol=1e-7, max_epochs=3000,
                              batch_size=50), device="cpu")
     assert result.step_size == pytest.approx(5e-3)
     for t in range(2):
@@ -83,7 +85,7 @@ def test_huge_lr_is_capped_and_converges() -> None:
 def test_auto_step_is_one_over_l_and_a_diverging_path_is_redone_at_the_proven_step() -> None:
     x, y, _ = _data("planted", n=200, n_features=20, n_targets=2)
     xs, mu, sd = _standardise(x.astype(np.float64))
-    fast = saga_lasso_path(x, y, alphas=[0.05], config=SolverConfig(lr="auto", tol=1e-8, max_epochs=2000, batch_size=50),
+    fast = saga_lasso_path(x, y, alphas=[0.05], config=SolverConfig(engine="saga", lr="auto", tol=1e-8, max_epochs=2000, batch_size=50),
                            device="cpu")
     assert fast.step_size == pytest.approx(1.0 / fast.lipschitz, rel=1e-6)
     assert fast.extra["step_fraction"] == 1.0
@@ -92,7 +94,7 @@ def test_auto_step_is_one_over_l_and_a_diverging_path_is_redone_at_the_proven_st
     # redone at 1/(3L), which converges from anywhere.
     wild = np.full((20, 2), 1000.0)
     redone = saga_lasso_path(x, y, alphas=[0.05], coef_init=wild, device="cpu", dtype="float64",
-                             config=SolverConfig(lr="auto", tol=1e-8, max_epochs=5000, batch_size=50))
+                             config=SolverConfig(engine="saga", lr="auto", tol=1e-8, max_epochs=5000, batch_size=50))
     assert redone.extra["step_fraction"] == pytest.approx(1 / 3)
     assert redone.step_size == pytest.approx(1.0 / (3 * redone.lipschitz), rel=1e-6)
     for t in range(2):
