@@ -91,6 +91,8 @@ def _variants() -> dict[str, Any]:
         "default": SolverConfig(),
         # dmsweep's defaults before issue 12: the published step, no refit, tol 1e-4, batch 2000, patience 5.
         "before": SolverConfig(lr=5e-3, refit=False, tol=1e-4, batch_size=2000, patience=5),
+        # The SAGA engine at the same settings (the default engine before the Gram engine).
+        "saga": SolverConfig(engine="saga"),
         "no-refit": SolverConfig(refit=False),
         "average-1": SolverConfig(average=1),
         "ls": SolverConfig(debias="ls"),
@@ -115,7 +117,8 @@ def _candidates() -> dict[str, Any]:
         "debias=ls": {"debias": "ls"}, "debias=relaxed": {"debias": "relaxed"},
         "debias=ls,ridge=0.1": {"debias": "ls", "ridge": 0.1}, "refit=False": {"refit": False},
         "lr=5e-3": {"lr": 5e-3}, "choose=1se": {"choose": "1se"}, "l2=0.1": {"l2": 0.1},
-        "val_fraction=0.2": {"val_fraction": 0.2},
+        "val_fraction=0.2": {"val_fraction": 0.2}, "path_tol=1e-3": {"path_tol": 1e-3},
+        "path_tol=3e-3": {"path_tol": 3e-3}, "engine=saga": {"engine": "saga"},
     }
     return {name: SolverConfig(**{**base, **{k: v for k, v in change.items() if k != "val_fraction"}})
             for name, change in changes.items()}

@@ -59,6 +59,11 @@ class SolverConfig(UserModel):
         1e-3, gt=0,
         description="Relative weight change per epoch below which a target has converged at a lambda.",
     )
+    path_tol: float = Field(
+        1e-2, gt=0,
+        description="Tolerance of the path's lambda steps when each target is solved again at its chosen lambda "
+        "afterwards (the refit, or --average), which uses tol; without either the path runs at tol.",
+    )
     max_epochs: int = Field(
         100, ge=1,
         description="Epochs per lambda step (and for the refit) at most.",

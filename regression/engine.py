@@ -305,9 +305,11 @@ def _solve_path(
     lam_max = mom.c.abs().amax(0)
     budget = default_cache_bytes(device) if cache_bytes is None else int(cache_bytes)
     guard = step_fraction > PROVEN_STEP_FRACTION
+    # The path only has to rank the λs when each target is solved again at its chosen one.
+    solved_again = len(val) > 0 and (cfg.refit or cfg.average > 0)
     problem = Problem(source=source, batches=batches, moments=mom, table=table, dtype=dtype, cfg=cfg,
                        engine=engine, precision=precision, cache_budget=budget, step_fraction=step_fraction,
-                       guard=guard)
+                       guard=guard, path_tol=cfg.path_tol if solved_again else cfg.tol)
     path_started = _clock(device)
     grad = prepare(problem, weight)
     path_step, path_lipschitz = problem.step, problem.lipschitz

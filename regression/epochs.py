@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from regression.config import SolverConfig
-from regression.gram import FIRST_STEP_FACTOR, GramSystem, build_gram, solve_gram_lambda
+from regression.gram import FIRST_STEP_FACTOR, GramSystem, References, build_gram, solve_gram_lambda
 from regression.loader import Range, RowSource
 from regression.memory import available_host
 from regression.moments import Moments
@@ -24,6 +24,7 @@ from storage.errors import SolverError
 __all__ = [
     "PRACTICAL_STEP_FRACTION",
     "PROVEN_STEP_FRACTION",
+    "PATH_PHASES",
     "REFIT_STEP",
     "Diverged",
     "Problem",
@@ -43,6 +44,8 @@ PROVEN_STEP_FRACTION = 1.0 / 3.0
 #: optimum satisfies (its objective is at most that of w = 0), is diverging.
 _DIVERGENCE_FACTOR = 10.0
 REFIT_STEP = -1  # the λ-step id of the refit phase in the batch-order seed
+#: Phases 0 … PATH_PHASES − 1 are the path's λ steps; the solves after it use other ids.
+PATH_PHASES = 1 << 20
 
 
 @dataclass
@@ -80,6 +83,9 @@ class Problem:
     cache: dict[Range, tuple[Design, torch.Tensor]] = field(default_factory=dict)
     cache_used: int = 0
     step_fraction: float = PROVEN_STEP_FRACTION
+    #: The tolerance of the path's λ steps (phase ≥ 0): ``cfg.path_tol`` when the chosen λ
+    #: is solved again afterwards, else ``cfg.tol`` (set by the engine).
+    path_tol: float | None = None
     #: Watch for divergence (only while trying the practical step).
     guard: bool = False
     #: ‖y_t − ȳ_t‖² / n per target, for the divergence bound (set by prepare).
@@ -89,6 +95,7 @@ class Problem:
     gram: GramSystem | None = None
     gram_steps: torch.Tensor | None = None
     gram_history: GramHistory | None = None
+    gram_references: References | None = None
 
     def standardise(self, masks: torch.Tensor) -> Design:
         """The batch ``(masks − μ) / σ`` [B, N] behind the products of ``precision``."""
@@ -118,6 +125,11 @@ class Problem:
                 self.cache[rng] = (xs, y)
                 self.cache_used += size
             yield rng, xs, y
+
+    def tolerance(self, phase: int) -> float:
+        """The convergence tolerance of a solve: the path's for its λ steps, ``cfg.tol`` for the rest."""
+        on_path = 0 <= phase < PATH_PHASES
+        return self.path_tol if on_path and self.path_tol is not None else self.cfg.tol
 
     def order(self, phase: int, epoch: int) -> list[int]:
         """The batch visiting order of one epoch (a permutation of ``range(len(batches))``)."""
@@ -229,6 +241,7 @@ def run_fixed_lambda(
     if problem.gram is not None:
         return _run_gram(problem, weight, cols, lam, phase)
     cfg, mom, table = problem.cfg, problem.moments, problem.table
+    tol = problem.tolerance(phase)
     assert table is not None  # SAGA always has one
     step, n, m = problem.step, mom.n, len(problem.batches)
     n_all = weight.shape[1]
@@ -282,7 +295,7 @@ def run_fixed_lambda(
             problem.flops += 4.0 * xs.rows * xs.cols * w.shape[1]
         epochs[pos] += 1
         change = (w - w_prev).abs().amax(0) / w.abs().amax(0).clamp_min(torch.finfo(w.dtype).tiny)
-        done = change <= cfg.tol
+        done = change <= tol
         finite = bool(torch.isfinite(w).all())
         if problem.guard and (not finite or bool((w.abs().sum(0) > bound).any())):
             raise Diverged()
@@ -312,14 +325,15 @@ def _run_gram(problem: Problem, weight: torch.Tensor, cols: torch.Tensor, lam: t
                                         device=weight.device)
     start = None
     history = problem.gram_history
-    if phase >= 0 and history is not None and history.phase == phase - 1:
+    on_path = 0 <= phase < PATH_PHASES
+    if on_path and history is not None and history.phase == phase - 1:
         w1 = weight.index_select(1, cols)
         lam1, lam2 = history.lam1.index_select(0, cols), history.lam2.index_select(0, cols)
         gap = lam1 - lam2
         ratio = torch.where((gap != 0) & (lam2 > 0), (lam - lam1) / torch.where(gap != 0, gap, torch.ones_like(gap)),
                             torch.zeros_like(gap))
         start = torch.addcmul(w1, w1 - history.weight.index_select(1, cols), ratio[None, :])
-    if phase >= 0:
+    if on_path:
         if history is None:
             history = GramHistory(weight=torch.zeros_like(weight), lam1=torch.zeros_like(problem.gram_steps),
                                   lam2=torch.zeros_like(problem.gram_steps), phase=phase)
@@ -328,9 +342,11 @@ def _run_gram(problem: Problem, weight: torch.Tensor, cols: torch.Tensor, lam: t
         history.lam2.index_copy_(0, cols, history.lam1.index_select(0, cols))
         history.lam1.index_copy_(0, cols, lam)
         history.phase = phase
+    if problem.gram_references is None:
+        problem.gram_references = References.empty(weight)
     iterations, converged, products = solve_gram_lambda(
-        gram, problem.moments.c, weight, cols, lam, problem.gram_steps, tol=cfg.tol, max_iter=cfg.max_epochs,
-        l2=cfg.l2, start=start)
+        gram, problem.moments.c, weight, cols, lam, problem.gram_steps, tol=problem.tolerance(phase),
+        max_iter=cfg.max_epochs, l2=cfg.l2, start=start, references=problem.gram_references)
     problem.n_iter += int(iterations.max()) if iterations.numel() else 0
     problem.flops += 2.0 * products * weight.shape[0] * weight.shape[0]
     if not bool(torch.isfinite(weight.index_select(1, cols)).all()):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from regression.config import SolverConfig
-from regression.epochs import REFIT_STEP, Problem, prepare, run_fixed_lambda
+from regression.epochs import PATH_PHASES, REFIT_STEP, Problem, prepare, run_fixed_lambda
 from regression.loader import Range, RowSource, split_batches
 from regression.moments import Moments, compute_moments
 from regression.table import ResidualTable
@@ -43,7 +43,7 @@ from regression.table import ResidualTable
 __all__ = ["PathEnd", "FinalWeights", "finish", "solve_near_chosen", "least_squares_on_support", "relaxed_mix"]
 
 #: Batch-order phase ids of the neighbourhood solves after the first (beyond any grid's λ steps).
-_NEIGHBOUR_PHASES = 1 << 20
+_NEIGHBOUR_PHASES = PATH_PHASES
 
 #: Relative residual ‖b − A x‖ / ‖b‖ at which conjugate gradients stop: about what the
 #: products can resolve (float64 in tests; fp32, and the rounded TF32 and bf16 operands).

@@ -125,7 +125,8 @@ def test_chosen_lambda_within_one_step_of_exact_validation_optimum() -> None:
     y_all = x_all @ beta + rng.normal(0, 1.0, size=(500, 4))
     x, y, xv, yv = x_all[:350], y_all[:350], x_all[350:], y_all[350:]
     k = 12
-    cfg = SolverConfig(n_alphas=k, eps=1e-3, lr="auto", tol=1e-8, max_epochs=2000, patience=k, batch_size=100)
+    cfg = SolverConfig(n_alphas=k, eps=1e-3, lr="auto", tol=1e-8, path_tol=1e-8, max_epochs=2000, patience=k,
+                       batch_size=100)
     result = saga_lasso_path(x, y, X_val=xv, Y_val=yv, config=cfg, device="cpu", dtype="float64")
     xs, mu, sd = _standardise(x.astype(np.float64))
     xvs = (xv - mu) / sd
