@@ -25,8 +25,8 @@ Modes (``--mode``; ``all`` runs every one, ``gpu`` skipping without CUDA):
 * ``memory``: a child process fits a store whose masks are ≥ 4× ``--max-memory-mib``
   with ``max_memory`` set to that bound (default settings, so the refit's buffers
   count) and reports its peak RSS.
-* ``gpu``: 50,000 × 10,000 × 1,000 on CUDA in fp32, TF32 and bf16: seconds per
-  phase and validation MSE against fp32, and the SAGA products' FLOP/s against
+* ``gpu``: 50,000 × 10,000 × 1,000 on CUDA, both engines in fp32, TF32 and bf16:
+  seconds per phase and validation MSE against fp32, the products' FLOP/s against
   same-shape fp32 / TF32 / bf16 matmuls; skipped with a line without CUDA.
 """
 
@@ -89,8 +89,9 @@ def _variants() -> dict[str, Any]:
 
     return {
         "default": SolverConfig(),
-        # dmsweep's defaults before issue 12: the published step, no refit, tol 1e-4, batch 2000, patience 5.
-        "before": SolverConfig(lr=5e-3, refit=False, tol=1e-4, batch_size=2000, patience=5),
+        # dmsweep's defaults before issue 12: SAGA at the published step, no refit, tol 1e-4, batch 2000, patience 5.
+        "before": SolverConfig(engine="saga", lr=5e-3, refit=False, tol=1e-4, batch_size=2000, patience=5,
+                               path_tol=1e-4),
         # The SAGA engine at the same settings (the default engine before the Gram engine).
         "saga": SolverConfig(engine="saga"),
         "no-refit": SolverConfig(refit=False),
@@ -355,8 +356,9 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
     cuts = src.cut_points()
     train, val = split_batches(cuts, 0, 45_000, b), split_batches(cuts, 45_000, m, b)
     runs: dict[str, Any] = {}
-    for precision in ("fp32", "tf32", "bf16"):
-        cfg = SolverConfig(n_alphas=args.gpu_steps, eps=1e-2, tol=1e-3, max_epochs=20, precision=precision)
+    for engine, precision in [(e, p) for e in ("saga", "gram") for p in ("fp32", "tf32", "bf16")]:
+        cfg = SolverConfig(n_alphas=args.gpu_steps, eps=1e-2, tol=1e-3, max_epochs=20, precision=precision,
+                           engine=engine)
         times = []
         res = None
         for _ in range(args.repeats):
@@ -366,7 +368,7 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
         assert res is not None
         rate = res.extra["saga_flops"] / times[-1]
-        runs[precision] = {
+        runs[f"{engine}-{precision}"] = {
             "seconds": _spread(times), "seconds_per_phase": {k: res.extra[k] for k in
                                                              ("seconds_moments", "seconds_path", "seconds_final")},
             "seconds_per_lambda_step": res.extra["seconds_path"] / res.extra["n_steps_walked"],
@@ -374,9 +376,13 @@ def bench_gpu(args: argparse.Namespace) -> dict[str, Any]:
             "fraction_of_same_precision_matmul": rate / references[precision],
             "mean_val_mse": float(np.mean(res.val_mse)), "mean_nnz": float(np.mean(res.nnz)),
         }
-    for precision in ("tf32", "bf16"):
-        runs[precision]["val_mse_vs_fp32"] = runs[precision]["mean_val_mse"] / runs["fp32"]["mean_val_mse"]
-        runs[precision]["speedup_vs_fp32"] = runs["fp32"]["seconds"]["mean"] / runs[precision]["seconds"]["mean"]
+    for engine in ("saga", "gram"):
+        fp32 = runs[f"{engine}-fp32"]
+        for precision in ("tf32", "bf16"):
+            run = runs[f"{engine}-{precision}"]
+            run["val_mse_vs_fp32"] = run["mean_val_mse"] / fp32["mean_val_mse"]
+            run["speedup_vs_fp32"] = fp32["seconds"]["mean"] / run["seconds"]["mean"]
+    runs["gram_speedup_vs_saga_fp32"] = runs["saga-fp32"]["seconds"]["mean"] / runs["gram-bf16"]["seconds"]["mean"]
     return {"shape": [m, n, t], "batch": b, "matmul_flops": references, "runs": runs,
             "device": torch.cuda.get_device_name(0)}
 

@@ -49,15 +49,17 @@ class SolverConfig(UserModel):
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto",
         description="SAGA step size in standardised units, capped at 1/L; 'auto' (default) takes 1/L itself "
-        "(the published fast_l1 step is 5e-3).",
+        "(the published fast_l1 step is 5e-3). The Gram engine chooses its own steps (backtracking from 3/L).",
     )
     batch_size: int = Field(
         1000, ge=1,
-        description="Rows per SAGA minibatch (batches begin at store-block edges).",
+        description="Rows per SAGA minibatch, and per pass of the Gram engine's streamed reads (batches begin at "
+        "store-block edges).",
     )
     tol: float = Field(
         1e-3, gt=0,
-        description="Relative weight change per epoch below which a target has converged at a lambda.",
+        description="Relative weight change per epoch (SAGA) or iteration (Gram) below which a target has "
+        "converged at a lambda.",
     )
     path_tol: float = Field(
         1e-2, gt=0,
@@ -66,7 +68,7 @@ class SolverConfig(UserModel):
     )
     max_epochs: int = Field(
         100, ge=1,
-        description="Epochs per lambda step (and for the refit) at most.",
+        description="Epochs (SAGA) or iterations (Gram) per lambda step, and for the refit, at most.",
     )
     patience: int = Field(
         3, ge=1,

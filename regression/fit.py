@@ -21,7 +21,8 @@ import numpy as np
 
 from regression.config import SolverConfig, as_config
 from regression.loader import rows_index
-from regression.memory import plan_memory, state_units
+from regression.gram import choose_engine
+from regression.memory import plan_memory, state_units, usable_memory
 from regression.progress import FitProgress, NullProgress
 from regression.rows import check_slice, evaluation_rows, to_runs
 from regression.shards import ShardJob, run_shards
@@ -212,10 +213,13 @@ def fit_datamodels(
     n_targets = len(target_range)
     # Refuse a memory bound no shard can meet before anything is written; each
     # shard plans again in its own process.
+    engine = choose_engine(config.engine, n_rows=n_train_rows, n_features=dataset.n_train,
+                           memory=usable_memory(resolved, max_memory))
     plan_memory(
         n_rows=int(fit_rows.size), n_features=dataset.n_train, n_targets=math.ceil(n_targets / shards),
         output_width=width, batch_rows=min(config.batch_size, fit_rows.size) + store.block, device=resolved,
-        max_memory=max_memory, units=state_units(refit=config.refit, average=config.average, debias=config.debias),
+        max_memory=max_memory, engine=engine,
+        units=state_units(refit=config.refit, average=config.average, debias=config.debias, engine=engine),
     )
     writable = SweepStore.open(store_path, mode="r+")
     group = _open_or_create(writable.group, name, description, n_targets, dataset.n_train, shards, overwrite)

@@ -90,7 +90,7 @@ class MemoryPlan:
     table_on_disk: bool = False
 
 
-def state_units(*, refit: bool = True, average: int = 0, debias: str = "none") -> int:
+def state_units(*, refit: bool = True, average: int = 0, debias: str = "none", engine: str = "saga") -> int:
     """Solver buffers of one [N_train, T] float32 matrix each, live at the fit's peak.
 
     The path holds the moments' ``c``, the weights, Ḡ, the best weights, and in an
@@ -102,12 +102,19 @@ def state_units(*, refit: bool = True, average: int = 0, debias: str = "none") -
     least-squares debias's conjugate gradients hold x, r, p, A·p, b, the support,
     the masked p and the pass's sum (8) beside the LASSO weights and what the
     refit left (7): 16, one more for the relaxed blend's training-row solution.
+    The Gram engine's λ step holds, for its targets as rows, the iterate and the
+    one before, their gradients, the reference point and its gradient, the
+    extrapolated point and its gradient, the new iterate, its gradient and
+    product, the step and the move (13), beside the path's 4, the last
+    solutions and the kept references (3): 20.
     """
     units = 9
     if refit or average:
         units = max(units, 4 + 6, 4 + 3 + 4 + 1 + (1 if average else 0))
     if debias != "none":
         units = max(units, 8 + 8 + (1 if debias == "relaxed" else 0))
+    if engine == "gram":
+        units = max(units, 4 + 13 + 3)
     return units
 
 

@@ -10,6 +10,7 @@ only when it is installed **and** ``ray.init`` has already run.
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -116,7 +117,8 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     plan = plan_memory(
         n_rows=source.n_rows, n_features=source.n_features, n_targets=source.n_targets, output_width=width,
         batch_rows=max(b - a for a, b in train + val + refit), device=device, max_memory=job.max_memory,
-        units=state_units(refit=config.refit, average=config.average, debias=config.debias), engine=engine,
+        units=state_units(refit=config.refit, average=config.average, debias=config.debias, engine=engine),
+        engine=engine,
     )
     source = open_source(queue_depth=plan.queue_depth, pin=device.type == "cuda")
     data = source.load() if plan.masks_resident else source
@@ -172,8 +174,8 @@ def run_shards(jobs: Sequence[ShardJob], *, record: RecordFn, on_step: PathProgr
         A shard failed (the others are cancelled); a project error raised by a
         shard is re-raised as it is.
     """
-    ray = initialised_ray()
-    if ray is not None and len(jobs) > 1:
+    ray = initialised_ray() if len(jobs) > 1 else None
+    if ray is not None:
         run_shards_on_ray(ray, jobs, record=record)
         return
     for job in jobs:
@@ -181,12 +183,13 @@ def run_shards(jobs: Sequence[ShardJob], *, record: RecordFn, on_step: PathProgr
 
 
 def initialised_ray() -> Any:
-    """The ``ray`` module when it is installed and ``ray.init`` has run, else None."""
-    try:
-        import ray  # optional: regression works without Ray
-    except ImportError:
-        return None
-    return ray if ray.is_initialized() else None
+    """The ``ray`` module when ``ray.init`` has run in this process, else None.
+
+    Ray is optional; a process that never imported it has not initialised it, so
+    this never imports it (half a second).
+    """
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
 
 
 def run_shards_on_ray(ray: Any, jobs: Sequence[ShardJob], *, record: RecordFn) -> None:

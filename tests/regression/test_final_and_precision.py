@@ -179,12 +179,13 @@ def test_one_standard_error_rule_picks_the_largest_lambda_within_one_se_of_the_b
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("engine", ["saga", "gram"])
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
-def test_cuda_products_match_the_cpu_in_each_precision(precision: str) -> None:
+def test_cuda_products_match_the_cpu_in_each_precision(precision: str, engine: str) -> None:
     x, y = _data(n=800, n_features=60, n_targets=4, seed=8)
     y = y.astype(np.float32)
     kw = dict(X_val=x[700:], Y_val=y[700:], config=SolverConfig(n_alphas=15, eps=1e-3, batch_size=200,
-                                                                  precision=precision))
+                                                                  precision=precision, engine=engine))
     cpu = saga_lasso_path(x[:700], y[:700], device="cpu", **kw)
     gpu = saga_lasso_path(x[:700], y[:700], device="cuda", **kw)
     np.testing.assert_allclose(gpu.val_mse, cpu.val_mse, rtol=2e-3)

@@ -221,13 +221,15 @@ def test_nan_targets_and_shape_mismatch_raise_input_error() -> None:
 
 
 @pytest.mark.cuda
-def test_cpu_equals_cuda() -> None:
+@pytest.mark.parametrize("engine", ["saga", "gram"])
+def test_cpu_equals_cuda(engine: str) -> None:
     x, y, _ = _data("planted", n=600, n_features=50, n_targets=5)
     kw = dict(X_val=x[500:], Y_val=y[500:],
-              config=SolverConfig(n_alphas=20, eps=1e-4, lr="auto", batch_size=200, tol=1e-6, max_epochs=500))
+              config=SolverConfig(n_alphas=20, eps=1e-4, lr="auto", batch_size=200, tol=1e-6, path_tol=1e-6,
+                                  max_epochs=500, engine=engine, precision="fp32"))
     cpu = saga_lasso_path(x[:500], y[:500], device="cpu", **kw)
     gpu = saga_lasso_path(x[:500], y[:500], device="cuda", **kw)
-    assert gpu.device.startswith("cuda")
+    assert gpu.device.startswith("cuda") and gpu.engine == engine
     np.testing.assert_array_equal(cpu.lam_index, gpu.lam_index)
     np.testing.assert_allclose(cpu.weight, gpu.weight, atol=1e-4)
     np.testing.assert_allclose(cpu.bias, gpu.bias, atol=1e-4)
@@ -241,7 +243,7 @@ def test_cuda_with_table_in_pinned_host_memory() -> None:
 
     x, y, _ = _data("planted", n=400, n_features=30, n_targets=3)
     src = TensorSource(torch.from_numpy(x).cuda(), torch.from_numpy(y).float().cuda())
-    cfg = SolverConfig(n_alphas=10, eps=1e-3, lr="auto", batch_size=100)
+    cfg = SolverConfig(n_alphas=10, eps=1e-3, lr="auto", batch_size=100, engine="saga")  # the table is SAGA's
     train = split_batches(src.cut_points(), 0, 300, 100)
     val = split_batches(src.cut_points(), 300, 400, 100)
     on = solve_source(src, train=train, val=val, config=cfg, table_on_device=True)
