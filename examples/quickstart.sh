@@ -12,8 +12,8 @@ echo "== 1/3 sweep: 1,280 mnist1d-cnn models, each on a random half of 1,000 tra
 $DMSWEEP run examples/quickstart.yaml
 sweep_done=$(date +%s)
 
-echo "== 2/3 fit: one LASSO per test example on models 0..1023, at the defaults: the SAGA path at the largest"
-echo "   safe step (--lr auto), lambda by validation MSE on the last 10% of the rows, refit on all 1,024 (--refit)"
+echo "== 2/3 fit: one LASSO per test example on models 0..1023, at the defaults: the lambda path on the Gram matrix"
+echo "   (--engine auto: 1,000 features, 922 rows), lambda by validation MSE on the last 10% of the rows, refit on all 1,024"
 $DMSWEEP fit "$STORE" --name quickstart --rows 0:1024 --overwrite
 fit_done=$(date +%s)
 

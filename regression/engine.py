@@ -1,4 +1,11 @@
-"""LASSO regularisation paths for many targets at once: minibatch proximal SAGA in torch.
+"""LASSO regularisation paths for many targets at once, in torch: the path, and SAGA for its λ steps.
+
+Each λ step is solved by one of two engines (``SolverConfig.engine``): minibatch
+proximal SAGA, described here, or accelerated proximal gradient on the Gram
+matrix (:mod:`regression.gram`), which ``engine="auto"`` picks when there are at
+most twice as many features as rows and the matrix fits. Everything else below —
+standardisation, the grid, warm starts, early stopping, the choice of λ, what
+follows it, the output — is the same for both.
 
 This is the paper's ``fast_l1`` (Ilyas et al. 2022, arXiv 2202.00622, appendix) as a
 library function. For every target ``t`` (a column of ``Y``) it minimises the
@@ -46,7 +53,10 @@ The algorithm
   starts from the previous step's weights and table.
 * **Convergence and active set.** After each epoch a target whose weights changed by
   at most ``tol`` relative (``max_j |Δw_j| / max_j |w_j|``) is converged at this λ and
-  leaves the working matrices, so it costs nothing more until the next λ.
+  leaves the working matrices, so it costs nothing more until the next λ. When
+  each target is solved again at its chosen λ afterwards (the refit, averaging),
+  the path's steps only rank the λs and use the looser ``path_tol``; the solve
+  at the chosen λ uses ``tol``.
 * **Early stopping and λ choice.** After each λ step the validation rows' MSE is
   computed per target; a target whose validation MSE has not improved for
   ``patience`` steps stops. The weights at its best step are kept. With
@@ -73,7 +83,8 @@ The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
 (:func:`solve_source`: grid, early stopping, the divergence redo);
 :mod:`regression.final` does what follows the choice of λ;
 :mod:`regression.moments` computes μ, σ, ȳ and ``Xsᵀ(y − ȳ)/n``;
-:mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step;
+:mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step
+(or hands the step to :mod:`regression.gram`);
 :mod:`regression.table` holds ``R``; :mod:`regression.path` is the array API.
 """
 

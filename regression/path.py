@@ -1,6 +1,7 @@
 """The array API: :func:`saga_lasso_path` on in-memory masks and outputs (numpy or torch).
 
-The scikit-learn ``lasso_path`` of this project: it takes ``eps`` and the number
+The scikit-learn ``lasso_path`` of this project (named for the SAGA engine, it runs
+whichever ``config.engine`` picks): it takes ``eps`` and the number
 of λ steps (or explicit ``alphas``) and ``coef_init`` through a
 :class:`~regression.config.SolverConfig`, walks the decreasing geometric grid from
 λ_max with warm starts and returns arrays with documented shapes. The algorithm is
@@ -41,7 +42,7 @@ def saga_lasso_path(
     dtype: Literal["float32", "float64"] = "float32",
     progress: PathProgress | None = None,
 ) -> LassoPathResult:
-    """LASSO paths for all columns of ``Y`` on standardised ``X`` by minibatch SAGA.
+    """LASSO paths for all columns of ``Y`` on standardised ``X`` (SAGA or the Gram engine, as ``config.engine`` picks).
 
     Parameters
     ----------
