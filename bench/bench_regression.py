@@ -113,7 +113,7 @@ def _candidates() -> dict[str, Any]:
     changes: dict[str, dict[str, Any]] = {
         "default": {}, "tol=1e-4": {"tol": 1e-4}, "tol=3e-3": {"tol": 3e-3}, "tol=1e-2": {"tol": 1e-2},
         "batch_size=2000": {"batch_size": 2000}, "batch_size=500": {"batch_size": 500},
-        "patience=5": {"patience": 5}, "patience=10": {"patience": 10}, "n_alphas=50": {"n_alphas": 50},
+        "patience=5": {"patience": 5}, "patience=10": {"patience": 10}, "n_alphas=50": {"n_alphas": 50}, "n_alphas=200": {"n_alphas": 200},
         "eps=1e-3": {"eps": 1e-3}, "average=1": {"average": 1}, "average=2": {"average": 2},
         "debias=ls": {"debias": "ls"}, "debias=relaxed": {"debias": "relaxed"},
         "debias=ls,ridge=0.1": {"debias": "ls", "ridge": 0.1}, "refit=False": {"refit": False},
@@ -161,9 +161,12 @@ def _fit_variant(store: Path, name: str, config: Any, rows: slice, targets: int,
                  y_h: np.ndarray, val_fraction: float = 0.1) -> tuple[dict[str, Any], np.ndarray, Any]:
     """Fit one setting with ``fit_datamodels`` and score it on the held-out rows."""
     from regression.fit import fit_datamodels
-    from storage.datamodels import read_datamodels
+    from storage.datamodels import delete_datamodels, list_datamodels, read_datamodels
     from storage.sweep_store import SweepStore
 
+    root = SweepStore.open(store, mode="r+").group
+    if f"bench-{name}" in list_datamodels(root):
+        delete_datamodels(root, f"bench-{name}")  # a fit with the same settings would resume, not run
     started = time.perf_counter()
     fit = fit_datamodels(store, name=f"bench-{name}", rows=rows, targets=slice(0, targets), config=config,
                          device="cpu", overwrite=True, val_fraction=val_fraction)

@@ -30,13 +30,13 @@ LOG="$OUT/check.log"
 : >"$LOG"
 
 # Seconds per stage; their sum stays under 8 minutes.
-T_INSTALL=30 T_TESTS=90 T_TRAINING=300 T_REGRESSION=50
+T_INSTALL=30 T_TESTS=90 T_TRAINING=270 T_REGRESSION=80
 # Test files whose CUDA tests run (none may import Ray); CUDA_TESTS="a.py b.py" overrides the list.
 if [ -n "${CUDA_TESTS:-}" ]; then
     read -r -a CUDA_TESTS <<<"$CUDA_TESTS"
 else
     CUDA_TESTS=(tests/workers/test_cuda.py tests/workers/test_trained_recipes.py tests/workers/test_batched.py
-                tests/regression/test_saga_solver.py)
+                tests/regression/test_saga_solver.py tests/regression/test_final_and_precision.py)
 fi
 # What the code imports that a bare torch image lacks; the install must make them importable.
 IMPORTS="zarr, numcodecs, crc32c, google_crc32c, pydantic, mnist1d, typer, rich, yaml, scipy, sklearn, torchvision"

@@ -39,7 +39,7 @@ class SolverConfig(UserModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     n_alphas: int = Field(
-        100, ge=1, json_schema_extra={"flag": "--k"},
+        200, ge=1, json_schema_extra={"flag": "--k"},
         description="Number of lambda steps on the regularisation path (the paper's k).",
     )
     eps: float = Field(
