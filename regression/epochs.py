@@ -326,19 +326,19 @@ def _run_gram(problem: Problem, weight: torch.Tensor, cols: torch.Tensor, lam: t
     start = None
     history = problem.gram_history
     on_path = 0 <= phase < PATH_PHASES
-    if on_path and history is not None and history.phase == phase - 1:
-        w1 = weight.index_select(1, cols)
+    w1 = weight.index_select(1, cols) if on_path else None  # one gather of the columns, used twice
+    if w1 is not None and history is not None and history.phase == phase - 1:
         lam1, lam2 = history.lam1.index_select(0, cols), history.lam2.index_select(0, cols)
         gap = lam1 - lam2
         ratio = torch.where((gap != 0) & (lam2 > 0), (lam - lam1) / torch.where(gap != 0, gap, torch.ones_like(gap)),
                             torch.zeros_like(gap))
         start = torch.addcmul(w1, w1 - history.weight.index_select(1, cols), ratio[None, :])
-    if on_path:
+    if w1 is not None:
         if history is None:
             history = GramHistory(weight=torch.zeros_like(weight), lam1=torch.zeros_like(problem.gram_steps),
                                   lam2=torch.zeros_like(problem.gram_steps), phase=phase)
             problem.gram_history = history
-        history.weight.index_copy_(1, cols, weight.index_select(1, cols))
+        history.weight.index_copy_(1, cols, w1)
         history.lam2.index_copy_(0, cols, history.lam1.index_select(0, cols))
         history.lam1.index_copy_(0, cols, lam)
         history.phase = phase
@@ -346,7 +346,8 @@ def _run_gram(problem: Problem, weight: torch.Tensor, cols: torch.Tensor, lam: t
         problem.gram_references = References.empty(weight)
     iterations, converged, products = solve_gram_lambda(
         gram, problem.moments.c, weight, cols, lam, problem.gram_steps, tol=problem.tolerance(phase),
-        max_iter=cfg.max_epochs, l2=cfg.l2, start=start, references=problem.gram_references)
+        max_iter=cfg.max_epochs, l2=cfg.l2, start=w1 if start is None else start,
+        references=problem.gram_references)
     problem.n_iter += int(iterations.max()) if iterations.numel() else 0
     problem.flops += 2.0 * products * weight.shape[0] * weight.shape[0]
     if not bool(torch.isfinite(weight.index_select(1, cols)).all()):
