@@ -17,7 +17,7 @@ from regression.gram import FIRST_STEP_FACTOR, GramSystem, References, build_gra
 from regression.loader import Range, RowSource
 from regression.memory import available_host
 from regression.moments import Moments
-from regression.products import Design, make_design
+from regression.products import Design, make_design, top_eigenvalue
 from regression.table import ResidualTable
 from storage.errors import SolverError
 
@@ -189,15 +189,7 @@ def prepare(problem: Problem, weight: torch.Tensor) -> torch.Tensor:
 
 def _top_eigenvalue(xs: Design, v0: torch.Tensor) -> float:
     """Largest eigenvalue of ``xsᵀ xs`` by power iteration."""
-    v = (v0 / v0.norm())[:, None]
-    value = 0.0
-    for _ in range(_POWER_ITERATIONS):
-        w = xs.t_times(xs.times(v))
-        value = float(w.norm())
-        if value == 0.0:
-            return 0.0
-        v = w / value
-    return value
+    return top_eigenvalue(lambda v: xs.t_times(xs.times(v)), v0[:, None], _POWER_ITERATIONS)
 
 
 def run_fixed_lambda(

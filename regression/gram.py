@@ -42,7 +42,7 @@ import torch
 
 from regression.loader import Range, RowSource
 from regression.moments import Moments
-from regression.products import round_tf32, tf32_matmul
+from regression.products import round_tf32, tf32_matmul, top_eigenvalue
 
 __all__ = ["FIRST_STEP_FACTOR", "GramSystem", "References", "build_gram", "choose_engine", "gram_bytes", "native_bf16", "resolve_precision",
            "solve_gram_lambda"]
@@ -245,16 +245,8 @@ def _standardised(counts: torch.Tensor, colsum: torch.Tensor, n: int, moments: M
 def _top_eigenvalue(h: torch.Tensor) -> float:
     """Largest eigenvalue of the symmetric PSD ``h`` by power iteration from a fixed start."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(h.shape[0], 1, generator=gen, dtype=torch.float64).to(h.dtype).to(h.device)
-    v /= v.norm()
-    value = 0.0
-    for _ in range(_POWER_ITERATIONS):
-        w = h @ v
-        value = float(w.norm())
-        if value == 0.0:
-            return 0.0
-        v = w / value
-    return value
+    start = torch.randn(h.shape[0], 1, generator=gen, dtype=torch.float64).to(h.dtype).to(h.device)
+    return top_eigenvalue(lambda v: h @ v, start, _POWER_ITERATIONS)
 
 
 def solve_gram_lambda(

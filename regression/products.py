@@ -26,13 +26,14 @@ cache holds more of them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal, Protocol
 
 import torch
 
-__all__ = ["Precision", "Design", "DenseDesign", "MaskDesign", "make_design", "round_tf32", "tf32_matmul"]
+__all__ = ["Precision", "Design", "DenseDesign", "MaskDesign", "make_design", "round_tf32", "tf32_matmul",
+           "top_eigenvalue"]
 
 Precision = Literal["fp32", "tf32", "bf16"]
 
@@ -166,3 +167,16 @@ def make_design(masks: torch.Tensor, mu: torch.Tensor, inv_sd: torch.Tensor, *, 
         return MaskDesign(masks, mu, inv_sd)
     xs = (masks.to(dtype) - mu) * inv_sd
     return DenseDesign(xs, tf32=precision == "tf32")
+
+
+def top_eigenvalue(apply: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iterations: int) -> float:
+    """Largest eigenvalue of a symmetric PSD operator (``apply(v)`` for ``v`` [N, 1]) by power iteration from ``start``."""
+    v = start / start.norm()
+    value = 0.0
+    for _ in range(iterations):
+        w = apply(v)
+        value = float(w.norm())
+        if value == 0.0:
+            return 0.0
+        v = w / value
+    return value
