@@ -81,7 +81,8 @@ The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
 ``debias``, ``ridge``, ``precision``) are the fields of
 :class:`regression.config.SolverConfig`. This module walks the path
 (:func:`solve_source`: grid, early stopping, the divergence redo);
-:mod:`regression.final` does what follows the choice of λ;
+:mod:`regression.grid` makes and checks the grid; :mod:`regression.final` does what
+follows the choice of λ;
 :mod:`regression.moments` computes μ, σ, ȳ and ``Xsᵀ(y − ȳ)/n``;
 :mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step
 (or hands the step to :mod:`regression.gram`);
@@ -109,6 +110,7 @@ from regression.epochs import (
 )
 from regression.final import PathEnd, finish
 from regression.gram import choose_engine, resolve_precision
+from regression.grid import check_alphas, lambda_grid
 from regression.loader import Range, RowSource
 from regression.moments import Moments, compute_moments
 from regression.progress import PathProgress
@@ -158,33 +160,6 @@ def _one_standard_error(val_path: torch.Tensor, se_path: torch.Tensor, best_k: t
     steps = torch.arange(val_path.shape[0], device=val_path.device)[:, None].expand_as(within)
     first = torch.where(within, steps, torch.full_like(steps, val_path.shape[0])).amin(0)
     return torch.minimum(first, best_k)
-
-
-def _grid(lam_max: torch.Tensor, cfg: SolverConfig, alphas: torch.Tensor | None) -> torch.Tensor:
-    """λ grid [K, T]: geometric from λ_max per target, or the explicit ``alphas``."""
-    if alphas is not None:
-        return alphas if alphas.ndim == 2 else alphas[:, None].expand(-1, lam_max.numel()).clone()
-    k = cfg.n_alphas
-    if k == 1:
-        return lam_max[None, :].clone()
-    ratios = torch.tensor(
-        [cfg.eps ** (i / (k - 1)) for i in range(k)], dtype=lam_max.dtype, device=lam_max.device
-    )
-    return ratios[:, None] * lam_max[None, :]
-
-
-def _check_alphas(alphas: np.ndarray | torch.Tensor | Sequence[float] | None, n_targets: int) -> np.ndarray | None:
-    """``alphas`` as float64 [K] or [K, T] after checking them, or None."""
-    if alphas is None:
-        return None
-    a = np.asarray(alphas.cpu() if isinstance(alphas, torch.Tensor) else alphas, dtype=np.float64)
-    if a.ndim not in (1, 2) or a.shape[0] == 0 or (a.ndim == 2 and a.shape[1] != n_targets):
-        raise InputError(f"alphas must have shape [K] or [K, {n_targets}] with K >= 1; got {a.shape}", params=("alphas",))
-    if not np.all(np.isfinite(a)) or np.any(a <= 0):
-        raise InputError("alphas must be finite and > 0", params=("alphas",))
-    if np.any(np.diff(a, axis=0) > 0):
-        raise InputError("alphas must be non-increasing along the path (largest λ first)", params=("alphas",))
-    return a
 
 
 def solve_source(
@@ -255,7 +230,7 @@ def solve_source(
     n_features, n_targets = source.n_features, source.n_targets
     if not train:
         raise InputError("train holds no row ranges; need at least one", params=("train",))
-    grid_in = _check_alphas(alphas, n_targets)
+    grid_in = check_alphas(alphas, n_targets)
     if cfg.debias == "relaxed" and not val:
         raise InputError("debias='relaxed' chooses its mix on validation rows; there are none", params=("debias",))
     if cfg.precision not in ("fp32", "auto") and dtype != torch.float32:
@@ -267,7 +242,7 @@ def solve_source(
     precision = resolve_precision(cfg.precision, chosen, device, dtype)
     moments_seconds = _clock(device) - start
     lam_max = mom.c.abs().amax(0)
-    grid = _grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
+    grid = lambda_grid(lam_max, cfg, None if grid_in is None else torch.as_tensor(grid_in, dtype=dtype, device=device))
 
     weight = torch.zeros((n_features, n_targets), dtype=dtype, device=device)
     if coef_init is not None:
