@@ -85,7 +85,7 @@ The settings named above (``n_alphas`` = K, ``eps``, ``lr``, ``batch_size``,
 follows the choice of λ;
 :mod:`regression.moments` computes μ, σ, ȳ and ``Xsᵀ(y − ȳ)/n``;
 :mod:`regression.epochs` runs the SAGA epochs at one λ and estimates the step
-(or hands the step to :mod:`regression.gram`);
+(or hands the step to :mod:`regression.fista`, on :mod:`regression.gram`'s matrix);
 :mod:`regression.table` holds ``R``; :mod:`regression.path` is the array API.
 """
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from regression.config import SolverConfig
-from regression.gram import FIRST_STEP_FACTOR, GramSystem, References, build_gram, solve_gram_lambda
+from regression.fista import FIRST_STEP_FACTOR, References, solve_gram_lambda
+from regression.gram import GramSystem, build_gram
 from regression.loader import Range, RowSource
 from regression.memory import available_host
 from regression.moments import Moments
@@ -304,7 +305,7 @@ def run_fixed_lambda(
 
 def _run_gram(problem: Problem, weight: torch.Tensor, cols: torch.Tensor, lam: torch.Tensor, phase: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`run_fixed_lambda` on the Gram engine (:func:`regression.gram.solve_gram_lambda`).
+    """:func:`run_fixed_lambda` on the Gram engine (:func:`regression.fista.solve_gram_lambda`).
 
     Along the path (consecutive phases), each target starts from its last two
     solutions extrapolated to the new λ: the LASSO path is piecewise linear in λ,
