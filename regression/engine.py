@@ -255,7 +255,8 @@ def solve_source(
             raise InputError("coef_init contains NaN or infinite values", params=("coef_init",))
         weight = init.to(dtype=dtype, device=device) * mom.sd()[:, None]  # raw → standardised
 
-    # The Gram engine's step 1/L is the proven one: one attempt. SAGA tries 1/L first.
+    # The Gram engine backtracks per target and never goes below the proven 1/L: one attempt.
+    # SAGA tries 1/L first and redoes the path at 1/(3L) if that diverges.
     fractions = (PRACTICAL_STEP_FRACTION, PROVEN_STEP_FRACTION) if chosen == "saga" else (PROVEN_STEP_FRACTION,)
     for step_fraction in fractions:
         table = None if chosen == "gram" else ResidualTable(
