@@ -91,7 +91,9 @@ def _variants() -> dict[str, Any]:
         "default": SolverConfig(),
         # dmsweep's defaults before issue 12: SAGA at the published step, no refit, tol 1e-4, batch 2000, patience 5.
         "before": SolverConfig(engine="saga", lr=5e-3, refit=False, tol=1e-4, batch_size=2000, patience=5,
-                               path_tol=1e-4),
+                               path_tol=1e-4, n_alphas=100, noise_factors=0),
+        # Plain LASSO on the stored outputs (the shared noise left in).
+        "no-factors": SolverConfig(noise_factors=0),
         # The SAGA engine at the same settings (the default engine before the Gram engine).
         "saga": SolverConfig(engine="saga"),
         "no-refit": SolverConfig(refit=False),
@@ -120,6 +122,8 @@ def _candidates() -> dict[str, Any]:
         "lr=5e-3": {"lr": 5e-3}, "choose=1se": {"choose": "1se"}, "l2=0.1": {"l2": 0.1},
         "val_fraction=0.2": {"val_fraction": 0.2}, "path_tol=1e-3": {"path_tol": 1e-3},
         "path_tol=3e-3": {"path_tol": 3e-3}, "engine=saga": {"engine": "saga"},
+        "noise_factors=0": {"noise_factors": 0}, "noise_factors=1": {"noise_factors": 1},
+        "noise_factors=3": {"noise_factors": 3}, "noise_factors=10": {"noise_factors": 10},
     }
     return {name: SolverConfig(**{**base, **{k: v for k, v in change.items() if k != "val_fraction"}})
             for name, change in changes.items()}

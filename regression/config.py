@@ -107,6 +107,13 @@ class SolverConfig(UserModel):
         0.0, ge=0,
         description="L2 penalty of the least-squares debias, in the standardised objective's units.",
     )
+    noise_factors: int = Field(
+        5, ge=0,
+        description="Shared noise removed before the fit: the top principal components of the training rows' "
+        "outputs across many targets (what every target's output shares from model to model, which no mask "
+        "explains), each target's loading fitted on its training rows; used only where the output has at least "
+        "100 targets per component (0: fit the outputs as stored).",
+    )
     engine: Literal["auto", "saga", "gram"] = Field(
         "auto",
         description="How each lambda step is solved: 'saga' streams minibatches of masks every epoch (any size); "

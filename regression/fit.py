@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from regression.config import SolverConfig, as_config
+from regression.factors import store_factors, usable_factors
 from regression.loader import rows_index
 from regression.gram import choose_engine
 from regression.memory import plan_memory, state_units, usable_memory
@@ -65,10 +66,16 @@ class FitResult:
     device : str
         Device(s) the shards ran on.
     mean_val_mse, mean_nnz, mean_lam : float
-        Over all targets of the group (NaN MSE without validation rows).
+        Over all targets of the group (NaN MSE without validation rows; the MSE
+        of the outputs the fit saw, the shared noise removed).
     config : dict
         The solver settings, ``SolverConfig.model_dump(mode="json")``
         (``SolverConfig(**config)`` rebuilds them).
+    noise_factors : int
+        Shared noise components removed before the fit (``config["noise_factors"]``
+        or fewer, :func:`regression.factors.usable_factors`).
+    noise_explained : float
+        The fraction of the sampled outputs' variance across training models those components carry.
     """
 
     name: str
@@ -85,6 +92,8 @@ class FitResult:
     mean_nnz: float
     mean_lam: float
     config: dict[str, Any]
+    noise_factors: int = 0
+    noise_explained: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-able data (what ``dmsweep fit --json`` prints)."""
@@ -198,6 +207,9 @@ def fit_datamodels(
         raise InputError("debias='relaxed' chooses its mix on validation rows: give val_fraction > 0",
                          params=("debias", "val_fraction"))
     _check_finite(store, fit_rows, output, target_range)
+    n_factors = usable_factors(config.noise_factors, width)
+    factors = (store_factors(store, fit_rows, n_train=n_train_rows, output=output, width=width, k=n_factors)
+               if n_factors else None)
 
     settings = config.model_dump(mode="json")
     description = {
@@ -209,6 +221,8 @@ def fit_datamodels(
         "n_train": int(dataset.n_train),
         "config": settings,
         "refit": config.refit,
+        "noise_factors": n_factors,
+        "noise_explained": 0.0 if factors is None else float(factors.explained.sum()),
     }
     n_targets = len(target_range)
     # Refuse a memory bound no shard can meet before anything is written; each
@@ -231,6 +245,7 @@ def fit_datamodels(
             store_path=str(store.path), name=name, shard=i, start=r.start, stop=r.stop,
             target_offset=target_range.start, output=output, fit_rows=fit_rows, n_train_rows=n_train_rows,
             config=settings, device=device, max_memory=max_memory,
+            factor_scores=None if factors is None else factors.scores,
         )
         for i, r in enumerate(ranges)
         if i not in done
@@ -264,6 +279,7 @@ def fit_datamodels(
         wall_time=time.perf_counter() - started, device=",".join(devices),
         mean_val_mse=float(np.mean(val)) if np.isfinite(val).all() else float("nan"),
         mean_nnz=float(np.mean(summary["nnz"])), mean_lam=float(np.mean(summary["lam"])), config=settings,
+        noise_factors=n_factors, noise_explained=float(description["noise_explained"]),
     )
 
 def _train_split(n: int, val_fraction: float) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from storage.errors import InputError, SolverError
 
-__all__ = ["RowSource", "TensorSource", "StoreSource", "split_batches", "rows_index"]
+__all__ = ["RowSource", "OutputAdjustment", "TensorSource", "StoreSource", "split_batches", "rows_index"]
 
 Range = tuple[int, int]
 
@@ -53,6 +53,14 @@ class RowSource(Protocol):
 
     def iterate(self, ranges: Sequence[Range]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(masks [r1-r0, N] bool, targets [r1-r0, T] float32)`` per range, in order."""
+        ...
+
+
+class OutputAdjustment(Protocol):
+    """A change to the targets of source rows ``[r0, r1)`` as they are read."""
+
+    def apply(self, r0: int, r1: int, outputs: np.ndarray) -> np.ndarray:
+        """``outputs`` float32 [r1-r0, T] adjusted, float32."""
         ...
 
 
@@ -173,6 +181,9 @@ class StoreSource:
         Source rows where a batch may begin besides block edges: the validation
         split, which may fall anywhere inside a block (a read of part of a chunk
         is as good as a whole one).
+    adjust : OutputAdjustment, optional
+        Applied to the targets as they are read (the shared noise's removal,
+        :class:`regression.factors.FactorRemoval`).
     """
 
     def __init__(
@@ -186,8 +197,10 @@ class StoreSource:
         queue_depth: int = 2,
         pin: bool = False,
         splits: Sequence[int] = (),
+        adjust: OutputAdjustment | None = None,
     ) -> None:
         self._store = store
+        self._adjust = adjust
         self._rows = np.asarray(rows, dtype=np.int64)
         self._output = output
         self._targets = targets
@@ -234,6 +247,8 @@ class StoreSource:
         masks = np.asarray(self._store.read("masks", index), dtype=bool)
         outputs = self._store.read(self._output, index)
         targets = np.ascontiguousarray(outputs[:, self._targets], dtype=np.float32)
+        if self._adjust is not None:
+            targets = self._adjust.apply(r0, r1, targets)
         return masks, targets
 
     def _to_tensors(self, masks: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch
 
 from regression.config import SolverConfig, as_config
 from regression.engine import solve_source
+from regression.factors import remove_from_array, usable_factors
 from regression.loader import TensorSource, split_batches
 from regression.progress import PathProgress
 from regression.results import LassoPathResult
@@ -103,6 +104,9 @@ def saga_lasso_path(
         )
     if n_train == 0 or x.shape[1] == 0 or y.shape[1] == 0:
         raise InputError("X and Y must be non-empty", params=("X", "Y"))
+    if usable_factors(cfg.noise_factors, int(y.shape[1])):
+        adjusted = remove_from_array(y.cpu().numpy(), n_train=n_train, requested=cfg.noise_factors)
+        y = torch.from_numpy(adjusted).to(device=y.device, dtype=y.dtype)
     source = TensorSource(x, y)
     cuts = source.cut_points()
     train = split_batches(cuts, 0, n_train, cfg.batch_size)

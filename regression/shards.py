@@ -21,6 +21,7 @@ import numpy as np
 
 from regression.config import SolverConfig
 from regression.engine import solve_source
+from regression.factors import store_removal
 from regression.loader import StoreSource, split_batches
 from regression.gram import choose_engine
 from regression.memory import plan_memory, state_units, usable_memory
@@ -64,6 +65,10 @@ class ShardJob:
         ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``, resolved where the shard runs.
     max_memory : int or None
         Bound on the fitting process's resident bytes.
+    factor_scores : ndarray of float64, shape [n_rows, k], or None
+        Scores of the shared noise components at ``fit_rows``
+        (:func:`regression.factors.store_factors`); each target's share is
+        removed from its outputs before the fit.
     """
 
     store_path: str
@@ -78,6 +83,7 @@ class ShardJob:
     config: dict[str, Any]
     device: str
     max_memory: int | None
+    factor_scores: np.ndarray | None = None
 
 
 def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str, Any]:
@@ -105,8 +111,11 @@ def fit_shard(job: ShardJob, *, on_step: PathProgress | None = None) -> dict[str
     config = SolverConfig(**job.config)
     columns = slice(job.target_offset + job.start, job.target_offset + job.stop)
     width = store.dataset.n_test if job.output == "margins/test" else store.dataset.n_train
+    adjust = None if job.factor_scores is None else store_removal(
+        store, job.fit_rows, job.factor_scores, n_train=job.n_train_rows, output=job.output, width=width,
+        targets=columns)
     open_source = partial(StoreSource, store, rows=job.fit_rows, output=job.output, targets=columns, device=device,
-                          splits=(job.n_train_rows,))
+                          splits=(job.n_train_rows,), adjust=adjust)
     source = open_source()
     cuts = source.cut_points()
     train = split_batches(cuts, 0, job.n_train_rows, config.batch_size)

@@ -53,7 +53,9 @@ def fit(
         f"{result.n_train_rows} models (+{result.n_val_rows} for validation) in {result.wall_time:.1f}s on {result.device}; "
         f"mean val MSE {result.mean_val_mse:.4g}, mean non-zeros {result.mean_nnz:.1f}, "
         f"shards fitted {result.shards_fitted}, skipped {result.shards_skipped}\n"
-        f"settings: {_settings(config)}"))
+        + (f"shared noise removed first: {result.noise_factors} components, {100 * result.noise_explained:.0f}% "
+           "of the outputs' variance across models\n" if result.noise_factors else "")
+        + f"settings: {_settings(config)}"))
 
 
 def _settings(config: SolverConfig) -> str:

@@ -18,7 +18,7 @@ def test_defaults_are_the_measured_best() -> None:
     assert SolverConfig().model_dump() == {
         "n_alphas": 200, "eps": 1e-6, "lr": "auto", "batch_size": 1000, "tol": 1e-3, "max_epochs": 100,
         "patience": 3, "choose": "min", "seed": 0, "refit": True, "l2": 0.0, "average": 0, "debias": "none",
-        "ridge": 0.0, "engine": "auto", "precision": "auto", "path_tol": 1e-2,
+        "ridge": 0.0, "engine": "auto", "precision": "auto", "path_tol": 1e-2, "noise_factors": 5,
     }
     assert SolverConfig(lr=5e-3, refit=False).lr == 5e-3
 
