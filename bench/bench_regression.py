@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit-rows", type=int, default=4096, help="rows [0, N) are fitted, the rest held out")
     p.add_argument("--targets", type=int, default=1_000)
     p.add_argument("--variants", default=",".join(_variants()), help="comma-separated settings for the cpu mode")
-    p.add_argument("--sk-targets", type=int, default=64, help="the first N targets, fitted by scikit-learn too")
+    p.add_argument("--sk-targets", type=int, default=256, help="the first N targets, fitted by scikit-learn too")
     p.add_argument("--select-rows", type=int, default=3584)
     p.add_argument("--select-targets", type=int, default=250)
     p.add_argument("--candidates", default="", help="select only these ';'-separated settings, e.g. 'tol=1e-2;patience=3'")
