@@ -94,15 +94,20 @@ def factors_from_reader(read: Reader, *, n_rows: int, n_train: int, k: int, step
     step : int
         Rows per read.
     """
-    total: np.ndarray | None = None
-    cross: np.ndarray | None = None
-    for r0, r1 in _blocks(n_train, step):
-        y = np.asarray(read(r0, r1), dtype=np.float64)
-        total = y.sum(0) if total is None else total + y.sum(0)
-        cross = y.T @ y if cross is None else cross + y.T @ y
-    assert total is not None and cross is not None, "n_train >= 1 rows were read"
-    mean = total / n_train
-    cov = cross / n_train - np.outer(mean, mean)
+    blocks = _blocks(n_train, step)
+    first = np.asarray(read(*blocks[0]), dtype=np.float64)
+    # Sums of the outputs less the first block's means: the covariance stays exact for
+    # outputs whose means are far larger than their spread.
+    shift = first.mean(0)
+    total = np.zeros_like(shift)
+    cross = np.zeros((shift.size, shift.size))
+    for i, (r0, r1) in enumerate(blocks):
+        y = (first if i == 0 else np.asarray(read(r0, r1), dtype=np.float64)) - shift
+        total += y.sum(0)
+        cross += y.T @ y
+    centre = total / n_train
+    mean = shift + centre
+    cov = cross / n_train - np.outer(centre, centre)
     values, vectors = np.linalg.eigh(cov)  # ascending
     top = vectors[:, ::-1][:, :k]
     explained = values[::-1][:k] / max(float(values.sum()), np.finfo(np.float64).tiny)
@@ -141,11 +146,7 @@ def loadings_from_reader(read: Reader, scores: np.ndarray, *, n_train: int, step
     The scores are centred on the training rows, so no intercept is needed.
     """
     train = scores[:n_train]
-    cross: np.ndarray | None = None
-    for r0, r1 in _blocks(n_train, step):
-        part = train[r0:r1].T @ np.asarray(read(r0, r1), dtype=np.float64)
-        cross = part if cross is None else cross + part
-    assert cross is not None, "n_train >= 1 rows were read"
+    cross = sum(train[r0:r1].T @ np.asarray(read(r0, r1), dtype=np.float64) for r0, r1 in _blocks(n_train, step))
     # lstsq, not solve: a component constant on the training rows has a zero column.
     return np.linalg.lstsq(train.T @ train, cross, rcond=None)[0]
 

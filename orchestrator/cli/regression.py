@@ -34,7 +34,7 @@ def fit(
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit one LASSO datamodel per target (SAGA path, best lambda by validation MSE, refit on train + validation)."""
+    """Fit one LASSO datamodel per target (shared noise removed, lambda path, best lambda by validation MSE, refit)."""
     from orchestrator.cli.fit_progress import RichFitProgress
     from orchestrator.ray_runtime import connect_if_asked
     from regression.fit import fit_datamodels

@@ -73,6 +73,13 @@ def test_the_components_are_the_principal_components_of_the_training_rows() -> N
     np.testing.assert_allclose(found.scores[:N_TRAIN].mean(0), 0, atol=1e-9)  # centred on the training rows
 
 
+def test_a_large_offset_changes_no_component() -> None:
+    _, outputs, _ = _shared_noise(150, seed=6)
+    offset = outputs.astype(np.float64) + 1e8  # means far above the spread: a naive E[y²] − E[y]² loses it
+    np.testing.assert_allclose(np.abs(factors_from_array(offset, n_train=N_TRAIN, k=2).scores),
+                               np.abs(factors_from_array(outputs, n_train=N_TRAIN, k=2).scores), rtol=1e-6, atol=1e-6)
+
+
 def test_each_target_loses_its_least_squares_share_of_the_components() -> None:
     _, outputs, _ = _shared_noise(120, seed=2)
     adjusted = remove_from_array(outputs, n_train=N_TRAIN, requested=1)
